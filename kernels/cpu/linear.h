@@ -1,0 +1,16 @@
+// Linear layers through BLAS (OpenBLAS sgemm). Row-major float32.
+#pragma once
+
+#include <cstdint>
+
+namespace gdnserve::cpu {
+
+// y[T, n_out] = x[T, n_in] . W^T (+ bias) (+ y if accumulate), W: [n_out, n_in]
+// (nn.Linear layout). x rows have stride x_stride, y rows y_stride (elements).
+void Linear(const float* x, int64_t x_stride, int64_t T, int64_t n_in, const float* W,
+            int64_t n_out, const float* bias, float* y, int64_t y_stride, bool accumulate = false);
+
+// Number of threads BLAS uses (0 = library default).
+void SetBlasThreads(int n);
+
+}  // namespace gdnserve::cpu
