@@ -55,12 +55,12 @@ void Chunk(const Gdn2HeadInputs& in, int c, int K, int V, float* ST, float* out,
            int64_t out_stride, ChunkScratch& s) {
   constexpr int C = kGdn2Chunk;
   constexpr int SC = kGdn2SubChunk;
-  auto q = [&](int t) { return in.q + t * in.key_stride; };
-  auto k = [&](int t) { return in.k + t * in.key_stride; };
-  auto g = [&](int t) { return in.g + t * in.key_stride; };
-  auto b = [&](int t) { return in.b + t * in.key_stride; };
-  auto v = [&](int t) { return in.v + t * in.value_stride; };
-  auto w = [&](int t) { return in.w + t * in.value_stride; };
+  auto q = [&](int t) { return in.q + t * in.q_stride; };
+  auto k = [&](int t) { return in.k + t * in.k_stride; };
+  auto g = [&](int t) { return in.g + t * in.g_stride; };
+  auto b = [&](int t) { return in.b + t * in.b_stride; };
+  auto v = [&](int t) { return in.v + t * in.v_stride; };
+  auto w = [&](int t) { return in.w + t * in.w_stride; };
   double* G = s.G.data();
   float* E = s.E.data();
   float* A = s.A.data();
@@ -191,12 +191,12 @@ void Gdn2RecurrentHead(const Gdn2HeadInputs& in, int64_t T, int K, int V, float*
   float* decay = scratch.data();
   float* e = decay + K;
   for (int64_t t = 0; t < T; ++t) {
-    const float* q = in.q + t * in.key_stride;
-    const float* k = in.k + t * in.key_stride;
-    const float* g = in.g + t * in.key_stride;
-    const float* b = in.b + t * in.key_stride;
-    const float* v = in.v + t * in.value_stride;
-    const float* w = in.w + t * in.value_stride;
+    const float* q = in.q + t * in.q_stride;
+    const float* k = in.k + t * in.k_stride;
+    const float* g = in.g + t * in.g_stride;
+    const float* b = in.b + t * in.b_stride;
+    const float* v = in.v + t * in.v_stride;
+    const float* w = in.w + t * in.w_stride;
     for (int x = 0; x < K; ++x) {
       decay[x] = std::exp(g[x]);
       e[x] = b[x] * k[x];
@@ -228,14 +228,7 @@ void Gdn2ChunkedHead(const Gdn2HeadInputs& in, int64_t T, int K, int V, float* s
   scratch.Resize(K, V);
   for (int64_t t0 = 0; t0 < T; t0 += kGdn2Chunk) {
     const int c = static_cast<int>(std::min<int64_t>(kGdn2Chunk, T - t0));
-    Gdn2HeadInputs chunk = in;
-    chunk.q += t0 * in.key_stride;
-    chunk.k += t0 * in.key_stride;
-    chunk.g += t0 * in.key_stride;
-    chunk.b += t0 * in.key_stride;
-    chunk.v += t0 * in.value_stride;
-    chunk.w += t0 * in.value_stride;
-    Chunk(chunk, c, K, V, state, out + t0 * out_stride, out_stride, scratch);
+    Chunk(in.Offset(t0), c, K, V, state, out + t0 * out_stride, out_stride, scratch);
   }
 }
 

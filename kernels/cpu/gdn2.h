@@ -11,15 +11,23 @@
 
 namespace gdnserve::cpu {
 
+// Each array holds T rows (K or V floats) with its own row stride in elements,
+// so heads can be read in place from packed [T, channels] activations.
 struct Gdn2HeadInputs {
-  const float* q;  // [T] rows of K, row stride key_stride
+  const float* q;  // [T] rows of K
   const float* k;  // [T] rows of K
   const float* g;  // [T] rows of K
   const float* b;  // [T] rows of K
-  const float* v;  // [T] rows of V, row stride value_stride
+  const float* v;  // [T] rows of V
   const float* w;  // [T] rows of V
-  int64_t key_stride;
-  int64_t value_stride;
+  int64_t q_stride, k_stride, g_stride, b_stride, v_stride, w_stride;
+
+  // The same arrays advanced by t0 rows.
+  Gdn2HeadInputs Offset(int64_t t0) const {
+    return {q + t0 * q_stride, k + t0 * k_stride, g + t0 * g_stride, b + t0 * b_stride,
+            v + t0 * v_stride, w + t0 * w_stride, q_stride, k_stride, g_stride, b_stride,
+            v_stride, w_stride};
+  }
 };
 
 // Per token: S <- Diag(exp g) S; u = S^T (b*k); S <- S + k (w*v - u)^T; o = S^T q.

@@ -1,0 +1,46 @@
+// The compute interface the engine drives: one forward pass over a packed
+// batch of sequence pieces, each reading and writing its own state slot.
+// Implemented by the CPU backend (cpu_backend.h) and the CUDA backend.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "engine/config.h"
+#include "engine/state_pool.h"
+
+namespace gdnserve {
+
+// A run of consecutive tokens of one sequence. One token is a decode step
+// (recurrent form); more is a prefill piece (chunkwise form). The piece
+// continues from whatever state the slot holds.
+struct SeqPiece {
+  int slot = -1;
+  absl::Span<const int32_t> tokens;
+  bool all_logits = false;  // logits for every token; else only for the last
+};
+
+// Logits rows, piece by piece: piece i owns rows [first_row[i], first_row[i+1]).
+struct ForwardOutput {
+  int64_t vocab = 0;
+  std::vector<float> logits;        // [rows, vocab]
+  std::vector<int64_t> first_row;   // size pieces + 1
+  const float* Row(int64_t row) const { return logits.data() + row * vocab; }
+  // The logits of the last token of piece i.
+  const float* Last(size_t piece) const { return Row(first_row[piece + 1] - 1); }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual StatePool& state_pool() = 0;
+  // Runs the batch; InvalidArgument for a bad token id or slot, naming it.
+  virtual absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) = 0;
+};
+
+}  // namespace gdnserve
