@@ -153,7 +153,9 @@ void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
   o_.resize(T * value_dim);
   const int64_t group = HV / H;
   const int64_t tasks = static_cast<int64_t>(batch.size()) * HV;
-#pragma omp parallel for schedule(dynamic, 1)
+  // Below ~1M state-element updates a parallel region costs more than it saves.
+  const bool parallel = T * HV * K * V >= (1 << 20);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < tasks; ++task) {
     const size_t i = task / HV;
     const int64_t hv = task % HV, hk = hv / group;

@@ -149,7 +149,8 @@ TEST_P(ModelTest, LastTokenLogitsOnlyMatchAllLogits) {
   ASSERT_TRUE(backend_->Forward({&p, 1}, &out).ok());
   const int64_t V = backend_->config().vocab_size;
   ASSERT_EQ(out.logits.size(), static_cast<size_t>(V));
-  EXPECT_EQ(RelErr(out.logits, std::vector<float>(all.end() - V, all.end())), 0.0);
+  // BLAS may pick other kernels for 1 row than for 70: equal up to rounding.
+  EXPECT_LE(RelErr(out.logits, std::vector<float>(all.end() - V, all.end())), 1e-6);
   ASSERT_TRUE(pool.Release(a).ok());
   ASSERT_TRUE(pool.Release(b).ok());
 }

@@ -11,6 +11,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "engine/cpu_backend.h"
 #include "engine/sampler.h"
@@ -80,6 +82,10 @@ int main(int argc, char** argv) {
       "  gdnserve-generate --model DIR --prompt TEXT [--max_tokens N] [--temperature T ...]\n"
       "  gdnserve-generate --model DIR --perplexity FILE\n"
       "Statistics (prefill and decode tokens/s) go to stderr.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return !absl::StrContains(file, "absl/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
 
   const std::string dir = absl::GetFlag(FLAGS_model);
