@@ -1,0 +1,109 @@
+// The serving engine: a request queue, admission over the state slot pool,
+// the scheduler, the backend's forward pass, sampling, detokenization and
+// stop checks, all driven by one engine thread (DESIGN.md 3.1).
+//
+// Thread-safety: Submit, Cancel, Stats and Shutdown may be called from any
+// thread; sinks are called on the engine thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "engine/tokenizer.h"
+
+namespace gdnserve {
+
+struct EngineOptions {
+  int max_prompt_tokens = 8192;
+  int max_tokens_cap = 4096;        // largest max_tokens a request may ask for
+  int step_token_budget = 512;      // tokens per forward pass (decode + prefill)
+  int max_prefill_chunk = 512;      // largest prefill piece of one sequence per step
+  int max_queue = 256;              // waiting requests beyond which Submit fails
+  int max_n = 16;                   // largest n (parallel samples)
+};
+
+// Aggregate counters, readable from any thread.
+struct EngineStats {
+  int requests_running = 0;  // admitted, holding slots
+  int requests_waiting = 0;  // queued for admission
+  int slots_used = 0;
+  int slots_total = 0;
+  int64_t requests_finished = 0;
+  int64_t steps = 0;
+};
+
+// Observes each engine step (for metrics); called on the engine thread.
+class StepObserver {
+ public:
+  virtual ~StepObserver() = default;
+  virtual void OnStep(int num_tokens, int num_decode, int num_prefill_tokens, double seconds) = 0;
+};
+
+class Engine {
+ public:
+  // The backend and tokenizer must outlive the engine. Starts the engine thread.
+  Engine(Backend* backend, const Tokenizer* tokenizer, const EngineOptions& options,
+         StepObserver* observer = nullptr);
+  ~Engine();  // Shutdown(0)
+
+  // Validates and queues a request. InvalidArgument naming the field for bad
+  // input, ResourceExhausted when the queue is full, Unavailable once shut
+  // down. On success returns a handle for Cancel; the sink then receives every
+  // output, ending with one that has finished = true (exactly once).
+  absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<RequestSink> sink);
+  // Aborts a request (finish reason cancelled); its slots are released in the
+  // next step. Unknown or finished handles are ignored.
+  void Cancel(uint64_t handle);
+
+  // Stops accepting requests, lets running ones finish for up to drain_ms,
+  // cancels what is left, and stops the engine thread. Idempotent.
+  void Shutdown(int drain_ms);
+  bool accepting() const { return accepting_.load(); }
+
+  EngineStats Stats() const;
+  const EngineOptions& options() const { return options_; }
+  const Backend& backend() const { return *backend_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  struct Group;  // one request: its samples, slots and sinks (engine.cc)
+
+  void Loop();
+  bool Step();  // one schedule -> forward -> postprocess; false when idle
+  absl::Status Validate(const GenerationRequest& r) const;
+
+  Backend* backend_;
+  const Tokenizer* tokenizer_;
+  const EngineOptions options_;
+  StepObserver* observer_;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Group>> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> cancels_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;  // inbox + engine-side queue
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> accepting_{true};
+  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+
+  // Engine-thread state.
+  std::deque<std::unique_ptr<Group>> waiting_groups_;
+  std::vector<std::unique_ptr<Group>> running_;
+  std::thread thread_;
+};
+
+}  // namespace gdnserve

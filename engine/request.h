@@ -1,0 +1,80 @@
+// What a client asks of the engine and what the engine hands back, in engine
+// types (the server converts from and to the wire formats).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/sampler.h"
+
+namespace gdnserve {
+
+using Clock = std::chrono::steady_clock;
+
+enum class FinishReason { kNone, kLength, kStop, kEos, kCancelled };
+// "length", "stop", "eos", "cancelled" ("" for kNone).
+std::string_view FinishReasonName(FinishReason reason);
+
+struct StopConditions {
+  int max_tokens = 16;
+  std::vector<std::string> stop_strings;  // never emitted
+  std::vector<int32_t> stop_token_ids;    // finish after such a token; no text for it
+  bool ignore_eos = false;
+};
+
+struct GenerationRequest {
+  std::string request_id;        // for logs and responses; the engine does not need it unique
+  std::vector<int32_t> prompt;   // token ids, at least one
+  SamplingParams sampling;
+  StopConditions stop;
+  int n = 1;                     // parallel samples
+  Clock::time_point deadline = Clock::time_point::max();
+};
+
+// Per-token logprob data (when sampling.logprobs > 0 it includes the top-n).
+struct TokenLogprobs {
+  int32_t token = 0;
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top;
+};
+
+// One sample's new output since the previous delivery.
+struct SampleDelta {
+  int index = 0;
+  std::vector<int32_t> token_ids;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;  // filled when sampling.logprobs > 0
+  FinishReason finish = FinishReason::kNone;
+};
+
+// Timing of a request, for metrics and logs (set when known).
+struct RequestTimes {
+  Clock::time_point arrival;
+  Clock::time_point scheduled;    // admitted into a slot
+  Clock::time_point first_token;
+  Clock::time_point finished;
+};
+
+struct RequestOutput {
+  std::vector<SampleDelta> samples;  // only samples with something new
+  bool finished = false;             // every sample is finished: the last delivery
+  absl::Status error;                // non-OK: the request failed (also finished)
+  int prompt_tokens = 0;
+  int completion_tokens = 0;         // over all samples, so far
+  RequestTimes times;
+};
+
+// Receives a request's output. Called on the engine thread once per step that
+// produced something for the request; must not block (queue and return).
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  virtual void OnOutput(RequestOutput output) = 0;
+};
+
+}  // namespace gdnserve

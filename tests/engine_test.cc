@@ -1,0 +1,269 @@
+// The serving engine on the CPU backend with a generated tiny model:
+// concurrent requests equal the same requests run alone, seeded sampling
+// ignores batch company, n > 1 forks the prompt state, stop strings, cancel,
+// queue bound, validation and shutdown.
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "engine/cpu_backend.h"
+#include "tests/test_util.h"
+
+namespace gdnserve {
+namespace {
+
+class CollectSink : public RequestSink {
+ public:
+  void OnOutput(RequestOutput o) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ASSERT_FALSE(finished_) << "output after the final one";
+    for (SampleDelta& d : o.samples) {
+      auto& s = samples_[d.index];
+      s.tokens.insert(s.tokens.end(), d.token_ids.begin(), d.token_ids.end());
+      s.text += d.text;
+      if (d.finish != FinishReason::kNone) s.finish = d.finish;
+    }
+    ++deliveries_;
+    if (o.finished) {
+      finished_ = true;
+      error_ = o.error;
+      completion_tokens_ = o.completion_tokens;
+      cv_.notify_all();
+    }
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(60), [this] { return finished_; })) << "request never finished";
+  }
+  struct Out {
+    std::vector<int32_t> tokens;
+    std::string text;
+    FinishReason finish = FinishReason::kNone;
+  };
+  std::map<int, Out> samples_;
+  int deliveries_ = 0;
+  int completion_tokens_ = 0;
+  absl::Status error_;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool finished_ = false;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* dir = std::getenv("GDNSERVE_TEST_MODELS");
+    if (dir == nullptr) GTEST_SKIP() << "GDNSERVE_TEST_MODELS is not set (ctest sets it)";
+    const std::string model = std::string(dir) + "/tiny";
+    auto w = LoadModelWeights(model);
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto be = CreateCpuBackend(std::move(*w), {.num_slots = 8, .num_threads = 1});
+    ASSERT_TRUE(be.ok());
+    backend_ = std::move(*be);
+    auto tok = Tokenizer::Load(model + "/tokenizer.model");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = std::move(*tok);
+    rng_.seed(testing::TestSeed());
+  }
+  void StartEngine(EngineOptions options = {}) {
+    options.step_token_budget = 256;
+    options.max_prefill_chunk = 128;
+    engine_ = std::make_unique<Engine>(backend_.get(), tokenizer_.get(), options);
+  }
+  std::vector<int32_t> RandomPrompt(int n) {
+    std::uniform_int_distribution<int32_t> d(3, backend_->config().vocab_size - 1);
+    std::vector<int32_t> p(n);
+    for (auto& t : p) t = d(rng_);
+    return p;
+  }
+  GenerationRequest Greedy(std::vector<int32_t> prompt, int max_tokens) {
+    GenerationRequest r;
+    r.prompt = std::move(prompt);
+    r.sampling.temperature = 0;
+    r.stop.max_tokens = max_tokens;
+    r.stop.ignore_eos = true;
+    return r;
+  }
+  std::shared_ptr<CollectSink> Run(GenerationRequest r) {
+    auto sink = std::make_shared<CollectSink>();
+    auto h = engine_->Submit(std::move(r), sink);
+    EXPECT_TRUE(h.ok()) << h.status();
+    sink->Wait();
+    return sink;
+  }
+
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Engine> engine_;
+  std::mt19937_64 rng_;
+};
+
+TEST_F(EngineTest, GreedyMatchesADirectBackendLoop) {
+  StartEngine();
+  const auto prompt = RandomPrompt(150);
+  auto out = Run(Greedy(prompt, 20));
+  engine_.reset();  // the engine's thread must not share the backend with us
+  ASSERT_TRUE(out->error_.ok());
+  StatePool& pool = backend_->state_pool();
+  const int slot = *pool.Acquire();
+  std::vector<int32_t> want;
+  ForwardOutput fo;
+  SeqPiece p{slot, prompt, false};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(backend_->Forward({&p, 1}, &fo).ok());
+    const float* l = fo.Last(0);
+    want.push_back(std::max_element(l, l + fo.vocab) - l);
+    p = {slot, {&want.back(), 1}, false};
+  }
+  EXPECT_EQ(out->samples_[0].tokens, want);
+  EXPECT_EQ(out->samples_[0].finish, FinishReason::kLength);
+  EXPECT_EQ(out->samples_[0].text, tokenizer_->Decode(want).substr(0, out->samples_[0].text.size()));
+  EXPECT_EQ(out->completion_tokens_, 20);
+}
+
+TEST_F(EngineTest, ConcurrentRequestsEqualTheSameRunAlone) {
+  StartEngine();
+  const int N = 24;
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < N; ++i) {
+    GenerationRequest r = Greedy(RandomPrompt(1 + rng_() % 300), 1 + rng_() % 30);
+    if (i % 3 == 1) {  // seeded sampling must not depend on batch company either
+      r.sampling.temperature = 0.9f;
+      r.sampling.top_p = 0.9f;
+      r.sampling.has_seed = true;
+      r.sampling.seed = rng_();
+    }
+    reqs.push_back(r);
+  }
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& r : reqs) alone.push_back(Run(r)->samples_[0].tokens);
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  for (const auto& r : reqs) {
+    sinks.push_back(std::make_shared<CollectSink>());
+    ASSERT_TRUE(engine_->Submit(r, sinks.back()).ok());
+  }
+  for (int i = 0; i < N; ++i) {
+    sinks[i]->Wait();
+    EXPECT_EQ(sinks[i]->samples_[0].tokens, alone[i]) << "request " << i;
+  }
+  EXPECT_EQ(engine_->Stats().slots_used, 0);
+}
+
+TEST_F(EngineTest, ParallelSamplesForkThePromptState) {
+  StartEngine();
+  GenerationRequest r = Greedy(RandomPrompt(100), 12);
+  r.sampling.temperature = 1.0f;
+  r.sampling.has_seed = true;
+  r.sampling.seed = rng_();
+  r.n = 3;
+  auto out = Run(r);
+  ASSERT_EQ(out->samples_.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    GenerationRequest one = r;
+    one.n = 1;
+    one.sampling.seed = r.sampling.seed + i;
+    EXPECT_EQ(Run(one)->samples_[0].tokens, out->samples_[i].tokens) << "sample " << i;
+  }
+}
+
+TEST_F(EngineTest, StopStringsEndTheTextAndAreNeverEmitted) {
+  StartEngine();
+  const auto prompt = RandomPrompt(40);
+  auto full = Run(Greedy(prompt, 60));
+  const std::string text = full->samples_[0].text;
+  ASSERT_GE(text.size(), 10u) << "model produced too little text to test stops";
+  const std::string stop = text.substr(text.size() / 2, 3);
+  GenerationRequest r = Greedy(prompt, 60);
+  r.stop.stop_strings = {stop};
+  auto cut = Run(r);
+  EXPECT_EQ(cut->samples_[0].text, text.substr(0, text.find(stop)));
+  EXPECT_EQ(cut->samples_[0].finish, FinishReason::kStop);
+}
+
+TEST_F(EngineTest, CancelReleasesTheSlot) {
+  StartEngine();
+  auto sink = std::make_shared<CollectSink>();
+  auto h = engine_->Submit(Greedy(RandomPrompt(20), 4000), sink);
+  ASSERT_TRUE(h.ok());
+  while (engine_->Stats().requests_running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  engine_->Cancel(*h);
+  sink->Wait();
+  EXPECT_EQ(sink->samples_[0].finish, FinishReason::kCancelled);
+  EXPECT_LT(sink->samples_[0].tokens.size(), 4000u);
+  for (int i = 0; i < 1000 && engine_->Stats().slots_used != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(engine_->Stats().slots_used, 0);
+}
+
+TEST_F(EngineTest, DeadlineEndsTheRequest) {
+  StartEngine();
+  GenerationRequest r = Greedy(RandomPrompt(20), 4000);
+  r.deadline = Clock::now() + std::chrono::milliseconds(50);
+  auto out = Run(r);
+  EXPECT_EQ(out->samples_[0].finish, FinishReason::kCancelled);
+}
+
+TEST_F(EngineTest, FullQueueIsResourceExhausted) {
+  EngineOptions o;
+  o.max_queue = 3;
+  StartEngine(o);
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  int exhausted = 0;
+  for (int i = 0; i < 40; ++i) {
+    sinks.push_back(std::make_shared<CollectSink>());
+    auto h = engine_->Submit(Greedy(RandomPrompt(10), 2000), sinks.back());
+    if (!h.ok()) {
+      EXPECT_EQ(h.status().code(), absl::StatusCode::kResourceExhausted);
+      ++exhausted;
+      sinks.pop_back();
+    }
+  }
+  EXPECT_GT(exhausted, 0);
+  engine_->Shutdown(0);  // cancels what is left
+  for (auto& s : sinks) s->Wait();
+}
+
+TEST_F(EngineTest, InvalidRequestsNameTheField) {
+  StartEngine();
+  auto sink = std::make_shared<CollectSink>();
+  auto expect_bad = [&](GenerationRequest r, const std::string& field) {
+    auto h = engine_->Submit(std::move(r), sink);
+    ASSERT_FALSE(h.ok()) << field;
+    EXPECT_EQ(h.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(h.status().message().find(field), std::string::npos) << h.status();
+  };
+  expect_bad(Greedy({}, 5), "prompt");
+  expect_bad(Greedy({1, backend_->config().vocab_size}, 5), "prompt");
+  expect_bad(Greedy({1, 2}, 0), "max_tokens");
+  expect_bad(Greedy({1, 2}, 1 << 30), "max_tokens");
+  GenerationRequest r = Greedy({1, 2}, 5);
+  r.n = 100;
+  expect_bad(r, "n");
+  r = Greedy({1, 2}, 5);
+  r.sampling.top_p = 2;
+  expect_bad(r, "top_p");
+  r = Greedy({1, 2}, 5);
+  r.stop.stop_strings = {""};
+  expect_bad(r, "stop");
+}
+
+TEST_F(EngineTest, ShutdownDrainsThenRefuses) {
+  StartEngine();
+  auto sink = std::make_shared<CollectSink>();
+  ASSERT_TRUE(engine_->Submit(Greedy(RandomPrompt(10), 5), sink).ok());
+  engine_->Shutdown(10000);
+  sink->Wait();
+  EXPECT_EQ(sink->samples_[0].finish, FinishReason::kLength);
+  EXPECT_EQ(engine_->Submit(Greedy(RandomPrompt(10), 5), sink).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace gdnserve
