@@ -67,12 +67,21 @@ struct Engine::Group {
 
 Engine::Engine(Backend* backend, const Tokenizer* tokenizer, const EngineOptions& options,
                StepObserver* observer)
-    : backend_(backend), tokenizer_(tokenizer), options_(options), observer_(observer) {
+    : backend_(backend), tokenizer_(tokenizer), options_(Normalized(options, backend->state_pool().num_slots())),
+      observer_(observer) {
   stats_.slots_total = backend_->state_pool().num_slots();
   thread_ = std::thread([this] { Loop(); });
 }
 
 Engine::~Engine() { Shutdown(0); }
+
+EngineOptions Engine::Normalized(EngineOptions o, int num_slots) {
+  // Every slot decoding must still leave one aligned prefill chunk, or a long
+  // prompt could wait forever; pieces are whole chunks.
+  o.max_prefill_chunk = std::max<int>(kChunkAlign, o.max_prefill_chunk / kChunkAlign * kChunkAlign);
+  o.step_token_budget = std::max(o.step_token_budget, num_slots + kChunkAlign);
+  return o;
+}
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
@@ -222,6 +231,7 @@ bool Engine::Step() {
   in.free_slots = pool.num_free();
   in.token_budget = options_.step_token_budget;
   in.max_prefill_chunk = options_.max_prefill_chunk;
+  in.chunk_align = kChunkAlign;
   for (const auto& g : running_) {
     if (g->finished()) continue;
     in.running.push_back({g->handle, static_cast<int64_t>(g->req.prompt.size()) - g->prefilled, g->num_decoding()});

@@ -25,11 +25,15 @@
 
 namespace gdnserve {
 
+// Prefill pieces other than a prompt's last are multiples of this (the GPU
+// chunk), so chunk boundaries sit at the same positions however a prompt is split.
+inline constexpr int kChunkAlign = 64;
+
 struct EngineOptions {
   int max_prompt_tokens = 8192;
   int max_tokens_cap = 4096;        // largest max_tokens a request may ask for
-  int step_token_budget = 512;      // tokens per forward pass (decode + prefill)
-  int max_prefill_chunk = 512;      // largest prefill piece of one sequence per step
+  int step_token_budget = 512;      // tokens per forward pass; raised to >= slots + kChunkAlign
+  int max_prefill_chunk = 512;      // largest prefill piece per step; a multiple of kChunkAlign
   int max_queue = 256;              // waiting requests beyond which Submit fails
   int max_n = 16;                   // largest n (parallel samples)
 };
@@ -80,6 +84,7 @@ class Engine {
  private:
   struct Group;  // one request: its samples, slots and sinks (engine.cc)
 
+  static EngineOptions Normalized(EngineOptions o, int num_slots);
   void Loop();
   bool Step();  // one schedule -> forward -> postprocess; false when idle
   absl::Status Validate(const GenerationRequest& r) const;

@@ -91,6 +91,13 @@ class EngineTest : public ::testing::Test {
     r.stop.ignore_eos = true;
     return r;
   }
+  // Stats are published at the end of the step that delivered the output.
+  int SlotsUsedAfterStep() {
+    for (int i = 0; i < 1000 && engine_->Stats().slots_used != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return engine_->Stats().slots_used;
+  }
   std::shared_ptr<CollectSink> Run(GenerationRequest r) {
     auto sink = std::make_shared<CollectSink>();
     auto h = engine_->Submit(std::move(r), sink);
@@ -153,7 +160,7 @@ TEST_F(EngineTest, ConcurrentRequestsEqualTheSameRunAlone) {
     sinks[i]->Wait();
     EXPECT_EQ(sinks[i]->samples_[0].tokens, alone[i]) << "request " << i;
   }
-  EXPECT_EQ(engine_->Stats().slots_used, 0);
+  EXPECT_EQ(SlotsUsedAfterStep(), 0);
 }
 
 TEST_F(EngineTest, ParallelSamplesForkThePromptState) {
@@ -197,10 +204,7 @@ TEST_F(EngineTest, CancelReleasesTheSlot) {
   sink->Wait();
   EXPECT_EQ(sink->samples_[0].finish, FinishReason::kCancelled);
   EXPECT_LT(sink->samples_[0].tokens.size(), 4000u);
-  for (int i = 0; i < 1000 && engine_->Stats().slots_used != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_EQ(engine_->Stats().slots_used, 0);
+  EXPECT_EQ(SlotsUsedAfterStep(), 0);
 }
 
 TEST_F(EngineTest, DeadlineEndsTheRequest) {

@@ -70,7 +70,8 @@ TEST(Scheduler, RandomSimulationFinishesEverything) {
   for (int trial = 0; trial < 20; ++trial) {
     const int slots = 1 + rng() % 16;
     SchedulerInput in;
-    in.token_budget = std::max<int64_t>(slots, 16 + rng() % 600);
+    // The engine guarantees budget >= slots + one aligned chunk (EngineOptions).
+    in.token_budget = slots + 64 + rng() % 600;
     in.max_prefill_chunk = 64 + rng() % 512;
     in.chunk_align = 64;
     struct Req { int64_t prompt; int out; int n; int64_t done = 0; int generated = 0; };

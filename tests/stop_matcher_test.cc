@@ -12,7 +12,7 @@ namespace gdnserve {
 namespace {
 
 // Feeds text in the given pieces; returns what was emitted and whether it stopped.
-std::pair<std::string, bool> Run(const std::vector<std::string>& stops, const std::vector<std::string>& pieces) {
+std::pair<std::string, bool> RunStops(const std::vector<std::string>& stops, const std::vector<std::string>& pieces) {
   StopMatcher m(stops);
   std::string out;
   for (const std::string& p : pieces) {
@@ -23,19 +23,30 @@ std::pair<std::string, bool> Run(const std::vector<std::string>& stops, const st
   return {out + m.Flush(), false};
 }
 
-std::string Expected(const std::vector<std::string>& stops, const std::string& text, bool* stopped) {
-  size_t first = std::string::npos;
-  for (const auto& s : stops) first = std::min(first, text.find(s));
-  *stopped = first != std::string::npos;
-  return *stopped ? text.substr(0, first) : text;
+// The definition: after each piece, if the text so far contains a stop
+// string, the output is the text before its earliest occurrence.
+std::string Expected(const std::vector<std::string>& stops, const std::vector<std::string>& pieces,
+                     bool* stopped) {
+  std::string text;
+  for (const std::string& p : pieces) {
+    text += p;
+    size_t first = std::string::npos;
+    for (const auto& s : stops) first = std::min(first, text.find(s));
+    if (first != std::string::npos) {
+      *stopped = true;
+      return text.substr(0, first);
+    }
+  }
+  *stopped = false;
+  return text;
 }
 
 TEST(StopMatcher, Basics) {
-  EXPECT_EQ(Run({"END"}, {"hello E", "N", "D world"}), std::make_pair(std::string("hello "), true));
-  EXPECT_EQ(Run({"END"}, {"hello E", "N"}), std::make_pair(std::string("hello EN"), false));
-  EXPECT_EQ(Run({}, {"a", "b"}), std::make_pair(std::string("ab"), false));
-  EXPECT_EQ(Run({"\n\n", "###"}, {"x\n", "#", "\n", "\n"}), std::make_pair(std::string("x\n#"), true));
-  EXPECT_EQ(Run({"é!"}, {"caf", "é", "!"}), std::make_pair(std::string("caf"), true));
+  EXPECT_EQ(RunStops({"END"}, {"hello E", "N", "D world"}), std::make_pair(std::string("hello "), true));
+  EXPECT_EQ(RunStops({"END"}, {"hello E", "N"}), std::make_pair(std::string("hello EN"), false));
+  EXPECT_EQ(RunStops({}, {"a", "b"}), std::make_pair(std::string("ab"), false));
+  EXPECT_EQ(RunStops({"\n\n", "###"}, {"x\n", "#", "\n", "\n"}), std::make_pair(std::string("x\n#"), true));
+  EXPECT_EQ(RunStops({"é!"}, {"caf", "é", "!"}), std::make_pair(std::string("caf"), true));
 }
 
 TEST(StopMatcher, NothingOfAStopStringIsEverEmitted) {
@@ -66,8 +77,8 @@ TEST(StopMatcher, RandomSplitsMatchTheDefinition) {
       p += n;
     }
     bool want_stopped = false;
-    const std::string want = Expected(stops, text, &want_stopped);
-    const auto [got, stopped] = Run(stops, pieces);
+    const std::string want = Expected(stops, pieces, &want_stopped);
+    const auto [got, stopped] = RunStops(stops, pieces);
     ASSERT_EQ(got, want) << "text '" << text << "'";
     ASSERT_EQ(stopped, want_stopped) << "text '" << text << "'";
   }
