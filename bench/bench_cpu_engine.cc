@@ -4,15 +4,18 @@
 // far from the hardware they are.
 //
 //   bench_cpu_engine --model DIR [--prefill 512] [--decode-steps 32] [--batches 1,16]
+//                    [--json FILE]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "nlohmann/json.hpp"
 #include "absl/strings/str_split.h"
 #include "engine/cpu_backend.h"
 #include "engine/weights.h"
@@ -52,7 +55,7 @@ double MeasureCopyBandwidth() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model;
+  std::string model, json_path;
   int prefill = 512, steps = 32;
   std::vector<int> batches = {1, 16};
   for (int i = 1; i < argc; ++i) {
@@ -61,6 +64,7 @@ int main(int argc, char** argv) {
     if (a == "--model") model = next();
     else if (a == "--prefill") prefill = std::stoi(next());
     else if (a == "--decode-steps") steps = std::stoi(next());
+    else if (a == "--json") json_path = next();
     else if (a == "--batches") {
       batches.clear();
       for (absl::string_view p : absl::StrSplit(next(), ',')) {
@@ -68,7 +72,7 @@ int main(int argc, char** argv) {
         if (absl::SimpleAtoi(p, &v)) batches.push_back(v);
       }
     } else {
-      std::printf("usage: bench_cpu_engine --model DIR [--prefill N] [--decode-steps N] [--batches 1,16]\n");
+      std::printf("usage: bench_cpu_engine --model DIR [--prefill N] [--decode-steps N] [--batches 1,16] [--json FILE]\n");
       return a == "--help" ? 0 : 1;
     }
   }
@@ -95,6 +99,12 @@ int main(int argc, char** argv) {
   std::printf("model %s: %.1fM parameters (%.1fM without embeddings), state %lld bytes per sequence\n",
               model.c_str(), params / 1e6, (params - embed_params) / 1e6, static_cast<long long>(state_bytes));
   std::printf("ceilings: sgemm %.1f GFLOP/s, copy %.1f GB/s\n", flops / 1e9, bw / 1e9);
+  nlohmann::json report = {{"model", model},
+                           {"parameters", params},
+                           {"state_bytes_per_sequence", state_bytes},
+                           {"sgemm_flops", flops},
+                           {"copy_bytes_per_s", bw},
+                           {"decode", nlohmann::json::array()}};
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> tok(0, cfg.vocab_size - 1);
@@ -118,6 +128,7 @@ int main(int argc, char** argv) {
     const double floor_s = 2.0 * layer_params * prefill / flops;
     std::printf("prefill %d tokens: %.3f s, %.1f tokens/s (linear-layer FLOP floor %.3f s: %.2fx)\n", prefill, best,
                 prefill / best, floor_s, best / floor_s);
+    report["prefill"] = {{"tokens", prefill}, {"seconds", best}, {"floor_seconds", floor_s}};
   }
   // Decode: B sequences, one token each per step. Memory floor per step: all
   // weights read once + each state read and written once.
@@ -137,7 +148,9 @@ int main(int argc, char** argv) {
     const double floor_s = (params * 4.0 + 2.0 * B * state_bytes) / bw;
     std::printf("decode batch %d: %.2f ms/step, %.1f tokens/s (memory floor %.2f ms: %.2fx)\n", B, step_s * 1e3,
                 B / step_s, floor_s * 1e3, step_s / floor_s);
+    report["decode"].push_back({{"batch", B}, {"step_seconds", step_s}, {"floor_seconds", floor_s}});
     for (int s : slots) (void)be.state_pool().Release(s);
   }
+  if (!json_path.empty()) std::ofstream(json_path) << report.dump(2) << "\n";
   return 0;
 }
