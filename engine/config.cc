@@ -6,11 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace gdnserve {
@@ -33,50 +33,6 @@ absl::Status FieldError(absl::string_view field, absl::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat("config.json: field \"", field, "\": ", message));
 }
 
-// A JSON value for an error message: scalars as written (strings cut short),
-// containers by kind. dump() with `replace` never throws on bad UTF-8.
-std::string Describe(const Json& value) {
-  if (value.is_array()) return "an array";
-  if (value.is_object()) return "an object";
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (text.size() > 40) text = text.substr(0, 37) + "...";
-  return text;
-}
-
-// nlohmann keeps the last of two equal keys without a word, which would hide
-// which of two values counts; config.json with a repeated key is an error.
-absl::StatusOr<Json> ParseJsonObject(std::string_view text) {
-  std::vector<std::set<std::string>> open_objects;  // keys seen so far, per depth
-  std::string duplicate;
-  auto on_event = [&](int, Json::parse_event_t event, Json& parsed) {
-    if (event == Json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (event == Json::parse_event_t::object_end) {
-      open_objects.pop_back();
-    } else if (event == Json::parse_event_t::key && duplicate.empty() &&
-               !open_objects.back().insert(parsed.get<std::string>()).second) {
-      duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  // nlohmann stops at a NUL byte as at the end of input, which would hide
-  // whatever follows; JSON text never holds a raw NUL.
-  if (text.find('\0') != std::string_view::npos) {
-    return absl::InvalidArgumentError("config.json: not valid JSON: holds a NUL byte");
-  }
-  Json json;
-  try {
-    json = Json::parse(text.begin(), text.end(), on_event);
-  } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("config.json: not valid JSON: ", e.what()));
-  }
-  if (!duplicate.empty()) return FieldError(duplicate, "appears more than once");
-  if (!json.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config.json: must be a JSON object, got ", Describe(json)));
-  }
-  return json;
-}
 
 // Reads typed fields of config.json's object and keeps the first error, so
 // that ParseModelConfig reads as the list of fields.
@@ -181,7 +137,7 @@ class FieldReader {
     status_ = FieldError(name, message);
   }
   void Fail(absl::string_view name, absl::string_view message, const Json& got) {
-    Fail(name, absl::StrCat(message, ", got ", Describe(got)));
+    Fail(name, absl::StrCat(message, ", got ", DescribeJson(got)));
   }
 
   const Json& object_;
@@ -199,7 +155,7 @@ const char* LayerTypeName(LayerType type) {
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
-  absl::StatusOr<Json> json = ParseJsonObject(json_text);
+  absl::StatusOr<Json> json = ParseJsonObject(json_text, "config.json");
   if (!json.ok()) return json.status();
   // Unknown fields first: a misspelt field is then reported as such rather
   // than as the required field it was meant to be.

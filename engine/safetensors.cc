@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace gdnserve {
@@ -52,54 +53,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-// A JSON value for an error message: scalars as written (strings cut short),
-// containers by kind. dump() with `replace` never throws on bad UTF-8.
-std::string Describe(const Json& value) {
-  if (value.is_array()) return "an array";
-  if (value.is_object()) return "an object";
-  std::string text = value.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (text.size() > 40) text = text.substr(0, 37) + "...";
-  return text;
-}
-
-// nlohmann keeps the last of two equal keys without a word; two entries for
-// one tensor name mean the file is corrupt, so a repeated key is an error.
-// `what` names the text in messages.
-absl::StatusOr<Json> ParseJsonObject(std::string_view text, absl::string_view what) {
-  std::vector<std::set<std::string>> open_objects;  // keys seen so far, per depth
-  std::string duplicate;
-  auto on_event = [&](int, Json::parse_event_t event, Json& parsed) {
-    if (event == Json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (event == Json::parse_event_t::object_end) {
-      open_objects.pop_back();
-    } else if (event == Json::parse_event_t::key && duplicate.empty() &&
-               !open_objects.back().insert(parsed.get<std::string>()).second) {
-      duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  // nlohmann stops at a NUL byte as at the end of input, which would hide
-  // whatever follows; JSON text never holds a raw NUL.
-  if (text.find('\0') != std::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": not valid JSON: holds a NUL byte"));
-  }
-  Json json;
-  try {
-    json = Json::parse(text.begin(), text.end(), on_event);
-  } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": not valid JSON: ", e.what()));
-  }
-  if (!duplicate.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": key \"", duplicate, "\" appears more than once"));
-  }
-  if (!json.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": must be a JSON object, got ", Describe(json)));
-  }
-  return json;
-}
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::error_code error;
@@ -144,7 +97,7 @@ std::optional<int64_t> ElementCount(const std::vector<int64_t>& shape) {
 absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry,
                                       std::string_view data) {
   if (!entry.is_object()) {
-    return TensorError(name, absl::StrCat("entry must be an object, got ", Describe(entry)));
+    return TensorError(name, absl::StrCat("entry must be an object, got ", DescribeJson(entry)));
   }
   for (const auto& [key, value] : entry.items()) {
     if (key != "dtype" && key != "shape" && key != "data_offsets") {
@@ -159,24 +112,24 @@ absl::StatusOr<TensorInfo> ParseEntry(const std::string& name, const Json& entry
 
   const Json& dtype = entry["dtype"];
   if (!dtype.is_string()) {
-    return TensorError(name, absl::StrCat("\"dtype\" must be a string, got ", Describe(dtype)));
+    return TensorError(name, absl::StrCat("\"dtype\" must be a string, got ", DescribeJson(dtype)));
   }
   std::optional<DType> parsed_dtype = ParseDType(dtype.get_ref<const std::string&>());
   if (!parsed_dtype) {
     return TensorError(
-        name, absl::StrCat("dtype ", Describe(dtype), " is not supported (F32, BF16, F16)"));
+        name, absl::StrCat("dtype ", DescribeJson(dtype), " is not supported (F32, BF16, F16)"));
   }
   tensor.dtype = *parsed_dtype;
 
   const Json& shape = entry["shape"];
   if (!shape.is_array()) {
-    return TensorError(name, absl::StrCat("\"shape\" must be a list, got ", Describe(shape)));
+    return TensorError(name, absl::StrCat("\"shape\" must be a list, got ", DescribeJson(shape)));
   }
   for (const Json& dim : shape) {
     std::optional<uint64_t> value = NonNegativeInteger(dim, std::numeric_limits<int64_t>::max());
     if (!value) {
       return TensorError(
-          name, absl::StrCat("\"shape\" entries must be integers >= 0, got ", Describe(dim)));
+          name, absl::StrCat("\"shape\" entries must be integers >= 0, got ", DescribeJson(dim)));
     }
     tensor.shape.push_back(static_cast<int64_t>(*value));
   }
@@ -305,12 +258,12 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view file_b
     if (name == "__metadata__") {
       if (!entry.is_object()) {
         return HeaderError(
-            absl::StrCat("\"__metadata__\" must be an object, got ", Describe(entry)));
+            absl::StrCat("\"__metadata__\" must be an object, got ", DescribeJson(entry)));
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
           return HeaderError(absl::StrCat("\"__metadata__\" value of \"", key,
-                                          "\" must be a string, got ", Describe(value)));
+                                          "\" must be a string, got ", DescribeJson(value)));
         }
         header.metadata.emplace(key, value.get<std::string>());
       }
@@ -419,7 +372,7 @@ absl::StatusOr<std::vector<SafetensorsFile>> OpenIndexedShards(const std::string
         shard.get_ref<const std::string&>().find_first_of(std::string("/\0", 2)) !=
             std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat(
-          index, ": tensor \"", name, "\": shard must be a file name, got ", Describe(shard)));
+          index, ": tensor \"", name, "\": shard must be a file name, got ", DescribeJson(shard)));
     }
     names_by_shard[shard.get<std::string>()].push_back(name);
   }
