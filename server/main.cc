@@ -1,0 +1,342 @@
+// gdnserve: serves a GDN-2 model over gRPC (gdnserve.v1.Generation, the
+// standard grpc.health.v1 health service and server reflection).
+//
+// Start-up order: bind the port first (a port in use fails in milliseconds,
+// not after loading the model), answer health NOT_SERVING while loading, then
+// SERVING. SIGTERM/SIGINT: health NOT_SERVING, the engine drains (in-flight
+// requests finish or end cancelled within --drain-timeout-ms), the gRPC
+// server shuts down, exit 0.
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/config.h"
+#include "engine/cpu_backend.h"
+#include "engine/engine.h"
+#include "engine/tokenizer.h"
+#include "engine/weights.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/reflection.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, model, GDNSERVE_DEFAULT_MODEL,
+          "model directory (config.json, model.safetensors, tokenizer.model)");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu (cuda is not available in this server yet)");
+ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; the log says which)");
+ABSL_FLAG(int, http_port, 8000, "HTTP port for /metrics and the OpenAI API (reserved; not served yet)");
+ABSL_FLAG(int, max_seqs, 16, "state slots: sequences decoded at once (each sample of n > 1 takes one)");
+ABSL_FLAG(int, max_prompt_tokens, gdnserve::EngineOptions().max_prompt_tokens, "longest prompt in tokens");
+ABSL_FLAG(int, max_tokens_cap, gdnserve::EngineOptions().max_tokens_cap, "largest max_tokens a request may ask");
+ABSL_FLAG(int, step_token_budget, gdnserve::EngineOptions().step_token_budget,
+          "tokens per engine step (decode tokens + prefill chunks)");
+ABSL_FLAG(int, max_queue, gdnserve::EngineOptions().max_queue,
+          "requests waiting for a slot beyond which new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, threads, 0, "CPU threads for the model (0: all cores)");
+ABSL_FLAG(int, drain_timeout_ms, 10000, "on SIGTERM/SIGINT, how long in-flight requests may run before cancel");
+
+namespace {
+
+namespace srv = gdnserve::server;
+
+const char* const kServiceName = gdnserve::v1::Generation::service_full_name();
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "gdnserve: error: %s\n", message.c_str());
+  return 1;
+}
+
+void Log(const std::string& message) {
+  std::fprintf(stderr, "gdnserve: %s\n", message.c_str());
+  std::fflush(stderr);
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// The issue and docs spell flags with dashes (--grpc-port); absl names them
+// with underscores. Both spellings are accepted: dashes in a flag's name
+// (before any '=') become underscores. Values are left alone.
+std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->assign(argv, argv + argc);
+  for (std::string& arg : *storage) {
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg[0] != '-') continue;
+    const size_t start = arg[1] == '-' ? 2 : 1;
+    const size_t end = std::min(arg.find('='), arg.size());
+    for (size_t i = start; i < end; ++i) {
+      if (arg[i] == '-') arg[i] = '_';
+    }
+  }
+  std::vector<char*> out;
+  for (std::string& arg : *storage) out.push_back(arg.data());
+  return out;
+}
+
+std::string HostPort(const std::string& host, int port) {
+  const bool v6 = absl::StrContains(host, ':') && !absl::StartsWith(host, "[");
+  return v6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
+}
+
+// Binds host:port once to turn "address in use" and "no such address" into
+// one clear line; gRPC's own bind failure is a multi-line log. (A race with
+// another process between this check and gRPC's bind is still reported, by
+// the BuildAndStart check, just less prettily.)
+absl::Status CheckCanBind(const std::string& host, int port) {
+  if (port == 0) return absl::OkStatus();
+  std::string h = host;
+  if (absl::StartsWith(h, "[") && absl::EndsWith(h, "]")) h = h.substr(1, h.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  const std::string port_str = std::to_string(port);
+  if (int rc = getaddrinfo(h.c_str(), port_str.c_str(), &hints, &res); rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--host ", host, ": ", gai_strerror(rc)));
+  }
+  absl::Status status = absl::OkStatus();
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    const int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as gRPC does
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      status =
+          absl::UnavailableError(absl::StrCat("cannot listen on ", HostPort(host, port), ": ", std::strerror(errno)));
+    }
+    close(fd);
+    if (!status.ok()) break;
+  }
+  freeaddrinfo(res);
+  return status;
+}
+
+absl::Status CheckFlags() {
+  auto at_least = [](const char* name, int value, int min) -> absl::Status {
+    if (value >= min) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrFormat("--%s must be >= %d, got %d", name, min, value));
+  };
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cuda") {
+    return absl::UnimplementedError(
+        "--device cuda: the CUDA backend is not wired into the server yet; use --device cpu");
+  }
+  if (device != "cpu") return absl::InvalidArgumentError("--device must be cpu or cuda, got " + device);
+  for (const auto& [name, port] : {std::pair{"grpc-port", absl::GetFlag(FLAGS_grpc_port)},
+                                   std::pair{"http-port", absl::GetFlag(FLAGS_http_port)}}) {
+    if (port < 0 || port > 65535)
+      return absl::InvalidArgumentError(absl::StrFormat("--%s %d is not a port", name, port));
+  }
+  for (absl::Status s :
+       {at_least("max-seqs", absl::GetFlag(FLAGS_max_seqs), 1),
+        at_least("max-prompt-tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 1),
+        at_least("max-tokens-cap", absl::GetFlag(FLAGS_max_tokens_cap), 1),
+        at_least("step-token-budget", absl::GetFlag(FLAGS_step_token_budget), 1),
+        at_least("max-queue", absl::GetFlag(FLAGS_max_queue), 0), at_least("threads", absl::GetFlag(FLAGS_threads), 0),
+        at_least("drain-timeout-ms", absl::GetFlag(FLAGS_drain_timeout_ms), 0)}) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// SIGTERM and SIGINT are blocked in every thread (the mask is set before any
+// thread starts) and taken by sigwait on one thread, so no work happens in a
+// signal handler. The first signal starts the drain; a second one, while
+// draining, exits at once.
+std::shared_future<int> WatchSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  auto promise = std::make_shared<std::promise<int>>();
+  std::shared_future<int> future = promise->get_future().share();
+  std::thread([set, promise] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    promise->set_value(sig);
+    sigwait(&set, &sig);
+    std::fprintf(stderr, "gdnserve: second %s: exiting without draining\n", strsignal(sig));
+    std::_Exit(1);
+  }).detach();
+  return future;
+}
+
+struct LoadedModel {
+  std::unique_ptr<gdnserve::Tokenizer> tokenizer;
+  std::unique_ptr<gdnserve::Backend> backend;
+  std::unique_ptr<gdnserve::Engine> engine;
+  srv::ServingModel serving;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& dir) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Log("loading model " + dir);
+  auto weights = gdnserve::LoadModelWeights(dir);
+  if (!weights.ok()) return weights.status();
+  const gdnserve::ModelConfig config = (*weights)->config;
+  const int64_t params = (*weights)->num_parameters();
+  LoadedModel m;
+  auto tokenizer = gdnserve::Tokenizer::Load(dir + "/tokenizer.model");
+  if (!tokenizer.ok()) return tokenizer.status();
+  m.tokenizer = std::move(*tokenizer);
+  const int slots = absl::GetFlag(FLAGS_max_seqs);
+  auto backend = gdnserve::CreateCpuBackend(std::move(*weights),
+                                            {.num_slots = slots, .num_threads = absl::GetFlag(FLAGS_threads)});
+  if (!backend.ok()) return backend.status();
+  m.backend = std::move(*backend);
+
+  gdnserve::EngineOptions opts;
+  opts.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  opts.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
+  opts.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
+  opts.max_prefill_chunk = std::min(opts.max_prefill_chunk, opts.step_token_budget);
+  opts.max_queue = absl::GetFlag(FLAGS_max_queue);
+  const int64_t state_bytes = m.backend->state_pool().layout().bytes_per_slot();
+  m.engine = std::make_unique<gdnserve::Engine>(m.backend.get(), m.tokenizer.get(), opts);
+
+  std::string name = dir;
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  name = name.substr(name.find_last_of('/') + 1);
+  m.serving.engine = m.engine.get();
+  m.serving.limits = {.max_prompt_tokens = opts.max_prompt_tokens,
+                      .max_tokens_cap = opts.max_tokens_cap,
+                      .max_n = std::min(opts.max_n, slots)};
+  m.serving.model_name = name;
+  m.serving.device = "cpu";
+  m.serving.config_json = config.ToJson();
+  m.serving.state_bytes_per_sequence = state_bytes;
+
+  Log(
+      absl::StrFormat("model %s: %s, %d layers, hidden %d, %d heads x %d (%d value heads), vocab %d, "
+                      "%.2fM parameters; loaded in %.2f s",
+                      name, config.architecture, config.num_layers, config.hidden_size, config.num_heads,
+                      config.head_dim, config.num_v_heads, config.vocab_size, params / 1e6, SecondsSince(t0)));
+  Log(absl::StrFormat("device cpu (%s threads): %d state slots x %.3f MB per sequence = %.2f MB",
+                      absl::GetFlag(FLAGS_threads) == 0 ? "all" : std::to_string(absl::GetFlag(FLAGS_threads)), slots,
+                      state_bytes / 1e6, slots * state_bytes / 1e6));
+  Log(absl::StrFormat("limits: max-prompt-tokens %d, max-tokens-cap %d, step-token-budget %d, max-queue %d, n <= %d",
+                      opts.max_prompt_tokens, opts.max_tokens_cap, opts.step_token_budget, opts.max_queue,
+                      m.serving.limits.max_n));
+  return m;
+}
+
+void SetHealth(grpc::Server& server, bool serving) {
+  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kServiceName, serving);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves a GDN-2 model over gRPC: gdnserve.v1.Generation (streaming Generate, Complete, Tokenize,\n"
+      "Detokenize, GetModelInfo), grpc.health.v1.Health and server reflection.\n"
+      "  gdnserve --model DIR [--device cpu] [--host 0.0.0.0] [--grpc-port 50051] [--max-seqs 16] ...\n"
+      "Flags may be written with dashes or underscores (--grpc-port, --grpc_port).\n"
+      "SIGTERM/SIGINT drains in-flight requests (up to --drain-timeout-ms) and exits 0.");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return !absl::StrContains(file, "absl/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> args = NormalizeFlagNames(argc, argv, &arg_storage);
+  const std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() > 1) return Fail(std::string("unexpected argument '") + positional[1] + "' (see --help)");
+  if (absl::Status s = CheckFlags(); !s.ok()) return Fail(std::string(s.message()));
+
+  // Before any thread exists, so that every thread inherits the blocked mask.
+  std::shared_future<int> signal = WatchSignals();
+
+  // A bad model directory is reported before anything else is started.
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (absl::StatusOr<gdnserve::ModelConfig> c = gdnserve::LoadModelConfig(model_dir); !c.ok()) {
+    return Fail(std::string(c.status().message()));
+  }
+  if (access((model_dir + "/tokenizer.model").c_str(), R_OK) != 0) {
+    return Fail(model_dir + "/tokenizer.model: " + std::strerror(errno));
+  }
+
+  const std::string host = absl::GetFlag(FLAGS_host);
+  const int port = absl::GetFlag(FLAGS_grpc_port);
+  if (absl::Status s = CheckCanBind(host, port); !s.ok()) return Fail(std::string(s.message()));
+
+  srv::GenerationService service;
+  srv::ReflectionServices reflection({kServiceName, "grpc.health.v1.Health"});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(HostPort(host, port), grpc::InsecureServerCredentials(), &bound_port);
+  // gRPC sets SO_REUSEPORT by default on Linux, which lets a second server
+  // share the port silently; a port in use must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.RegisterService(&service);
+  for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) return Fail("cannot listen on " + HostPort(host, port));
+  // The default health service starts SERVING; the model is not loaded yet.
+  SetHealth(*server, false);
+  Log(absl::StrFormat("listening on %s (gRPC; health NOT_SERVING until the model is loaded)",
+                      HostPort(host, bound_port)));
+  if (absl::GetFlag(FLAGS_http_port) != 0) {
+    Log(absl::StrFormat("--http-port %d reserved: the HTTP front end is not built yet",
+                        absl::GetFlag(FLAGS_http_port)));
+  }
+
+  absl::StatusOr<LoadedModel> model = absl::InternalError("not loaded");
+  try {
+    model = LoadModel(model_dir);
+  } catch (const std::exception& e) {  // e.g. bad_alloc for a --max-seqs that does not fit
+    model = absl::ResourceExhaustedError(absl::StrCat("loading ", model_dir, ": ", e.what()));
+  }
+  if (!model.ok()) {
+    server->Shutdown();
+    return Fail(std::string(model.status().message()));
+  }
+  service.SetModel(&model->serving);
+  SetHealth(*server, true);
+  Log(absl::StrFormat("serving on %s", HostPort(host, bound_port)));
+
+  const int sig = signal.get();
+  const auto t_drain = std::chrono::steady_clock::now();
+  const int drain_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  const gdnserve::EngineStats at_signal = model->engine->Stats();
+  Log(absl::StrFormat("%s: draining %d running and %d waiting requests (up to %d ms)", strsignal(sig),
+                      at_signal.requests_running, at_signal.requests_waiting, drain_ms));
+  SetHealth(*server, false);
+  // New requests now get UNAVAILABLE from the engine; each running one ends
+  // with its final output, which finishes its RPC.
+  model->engine->Shutdown(drain_ms);
+  // Every call has had its final output; what is left are writes to slow
+  // clients and health watches. Give them a moment, then cancel.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  Log(absl::StrFormat("stopped after %.2f s (%lld requests served)", SecondsSince(t_drain),
+                      static_cast<long long>(model->engine->Stats().requests_finished)));
+  return 0;
+}
