@@ -325,16 +325,44 @@ bool Engine::Step() {
     }
   }
 
-  // 6. Deliver outputs; release the slots of finished samples and groups.
-  int64_t finished_now = 0;
-  auto deliver = [&](Group& g, bool finished, const absl::Status& error) {
+  // 6. Release the slots of finished samples, publish the stats, then deliver,
+  // so a client that sees its final message also sees its slot free.
+  std::vector<absl::Status> errors(running_.size());
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Group& g = *running_[i];
+    const bool in_batch = std::find(plan.decode.begin(), plan.decode.end(), g.handle) != plan.decode.end() ||
+                          std::any_of(plan.prefill.begin(), plan.prefill.end(),
+                                      [&](const PrefillPiece& p) { return p.id == g.handle; });
+    if (in_batch && !status.ok()) {
+      errors[i] = status;
+      for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
+    }
+    for (Sample& s : g.samples) {
+      if (s.finished() && s.slot >= 0) {
+        (void)pool.Release(s.slot);
+        s.slot = -1;
+      }
+    }
+  }
+  int64_t finished_now = static_cast<int64_t>(done.size());
+  for (const auto& g : running_) finished_now += g->finished();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_ = static_cast<int>(inbox_.size() + waiting_groups_.size());
+    stats_.requests_waiting = waiting_;
+    stats_.requests_running = static_cast<int>(running_.size() - (finished_now - done.size()));
+    stats_.slots_used = pool.num_used();
+    stats_.requests_finished += finished_now;
+    ++stats_.steps;
+  }
+  auto deliver = [&](Group& g, const absl::Status& error) {
+    const bool finished = g.finished();
     RequestOutput o;
     for (Sample& s : g.samples) {
       if (!s.delta.token_ids.empty() || !s.delta.text.empty() || s.delta.finish != FinishReason::kNone) {
         o.samples.push_back(std::move(s.delta));
         s.delta = SampleDelta();
         s.delta.index = s.index;
-        s.delta.finish = FinishReason::kNone;
       }
     }
     o.finished = finished;
@@ -345,44 +373,10 @@ bool Engine::Step() {
     o.times = g.times;
     if (!o.samples.empty() || finished) g.sink->OnOutput(std::move(o));
   };
-  for (auto it = running_.begin(); it != running_.end();) {
-    Group& g = **it;
-    const bool in_batch = std::find(plan.decode.begin(), plan.decode.end(), g.handle) != plan.decode.end() ||
-                          std::any_of(plan.prefill.begin(), plan.prefill.end(),
-                                      [&](const PrefillPiece& p) { return p.id == g.handle; });
-    absl::Status error = in_batch ? status : absl::OkStatus();
-    if (!error.ok()) {
-      for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
-    }
-    for (Sample& s : g.samples) {
-      if (s.finished() && s.slot >= 0) {
-        (void)pool.Release(s.slot);
-        s.slot = -1;
-      }
-    }
-    const bool finished = g.finished();
-    deliver(g, finished, error);
-    if (finished) {
-      ++finished_now;
-      it = running_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (auto& g : done) {
-    deliver(*g, true, absl::OkStatus());
-    ++finished_now;
-  }
-
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    waiting_ = static_cast<int>(inbox_.size() + waiting_groups_.size());
-    stats_.requests_waiting = waiting_;
-    stats_.requests_running = static_cast<int>(running_.size());
-    stats_.slots_used = pool.num_used();
-    stats_.requests_finished += finished_now;
-    ++stats_.steps;
-  }
+  for (size_t i = 0; i < running_.size(); ++i) deliver(*running_[i], errors[i]);
+  for (auto& g : done) deliver(*g, absl::OkStatus());
+  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& g) { return g->finished(); }),
+                 running_.end());
   wake_.notify_all();  // Shutdown waits for the engine to drain
   return !batch.empty();
 }
