@@ -11,7 +11,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcpp-httplib-dev libssl-dev zlib1g-dev
-  python3-venv base-files
+  python3-venv base-files curl openssl
 )
 
 missing=()

@@ -1,5 +1,7 @@
 #include "server/calls.h"
 
+#include "server/http/request_metrics.h"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -25,15 +27,21 @@ Clock::time_point EngineDeadline(const grpc::CallbackServerContext& ctx) {
 // after the final output, or inside a failed Submit) releases the engine's
 // ownership; a sink dropped before any final output ends the call as well, so
 // a request the engine lost can never leave its RPC hanging.
+// It also records the request's metrics (TTFT, ITL, latencies, tokens,
+// finish reason), the same way the HTTP front end does.
 template <typename Call>
 class CallSink final : public RequestSink {
  public:
-  explicit CallSink(Call* call) : call_(call) {}
+  CallSink(Call* call, ServingMetrics* metrics) : call_(call), metrics_(metrics) {}
   ~CallSink() override { call_->EngineReleased(); }
-  void OnOutput(RequestOutput output) override { call_->OnEngineOutput(std::move(output)); }
+  void OnOutput(RequestOutput output) override {
+    metrics_.OnOutput(output);
+    call_->OnEngineOutput(std::move(output));
+  }
 
  private:
   Call* const call_;
+  RequestMetrics metrics_;
 };
 
 // State both reactors share: the two owners, the engine handle and
@@ -323,8 +331,9 @@ template <typename Call>
 void Submit(Call* call, GenerationRequest request, const ServingModel& model) {
   // Our copy of the sink keeps the engine's ownership alive until Submitted
   // has recorded the outcome, even if Submit fails and drops its copy.
-  auto sink = std::make_shared<CallSink<Call>>(call);
+  auto sink = std::make_shared<CallSink<Call>>(call, model.metrics);
   const absl::StatusOr<uint64_t> handle = model.engine->Submit(std::move(request), sink);
+  if (!handle.ok()) RecordRejected(model.metrics, handle.status().code());
   call->Submitted(handle);
   // Bad input, a full queue and shutdown are the client's to see, and under
   // overload would flood the log; anything else is worth a line.
@@ -345,9 +354,12 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* StartGenerate(grpc::CallbackServ
                                                               const pb::GenerateRequest* request,
                                                               const ServingModel& model) {
   absl::StatusOr<std::string> id = RequestIdFor(*request, model.limits);
-  if (!id.ok()) return FailedStream(ToGrpcStatus(id.status()));
-  absl::StatusOr<GenerationRequest> r = BuildRequest(ctx, *request, model, *id);
-  if (!r.ok()) return FailedStream(ToGrpcStatus(r.status()));
+  absl::StatusOr<GenerationRequest> r =
+      id.ok() ? BuildRequest(ctx, *request, model, *id) : absl::StatusOr<GenerationRequest>(id.status());
+  if (!r.ok()) {
+    RecordRejected(model.metrics, r.status().code());
+    return FailedStream(ToGrpcStatus(r.status()));
+  }
   auto* call = new GenerateCall(model, r->deadline, std::move(*id));
   Submit(call, std::move(*r), model);
   return call;
@@ -359,6 +371,7 @@ grpc::ServerUnaryReactor* StartComplete(grpc::CallbackServerContext* ctx, const 
   absl::StatusOr<GenerationRequest> r =
       id.ok() ? BuildRequest(ctx, *request, model, *id) : absl::StatusOr<GenerationRequest>(id.status());
   if (!r.ok()) {
+    RecordRejected(model.metrics, r.status().code());
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     reactor->Finish(ToGrpcStatus(r.status()));
     return reactor;

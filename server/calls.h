@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "gdnserve/v1/generation.grpc.pb.h"
 #include "server/convert.h"
+#include "server/serving_metrics.h"
 
 namespace gdnserve::server {
 
@@ -27,6 +28,7 @@ struct ServingModel {
   std::string device;
   std::string config_json;
   int64_t state_bytes_per_sequence = 0;
+  ServingMetrics* metrics = nullptr;  // null: no metrics recorded
 };
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* StartGenerate(grpc::CallbackServerContext* ctx,

@@ -37,7 +37,11 @@
 #include "engine/weights.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/http/http_server.h"
+#include "server/http/request_metrics.h"
+#include "server/metrics.h"
 #include "server/reflection.h"
+#include "server/serving_metrics.h"
 #include "server/service.h"
 
 ABSL_FLAG(std::string, model, GDNSERVE_DEFAULT_MODEL,
@@ -45,7 +49,19 @@ ABSL_FLAG(std::string, model, GDNSERVE_DEFAULT_MODEL,
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu (cuda is not available in this server yet)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; the log says which)");
-ABSL_FLAG(int, http_port, 8000, "HTTP port for /metrics and the OpenAI API (reserved; not served yet)");
+ABSL_FLAG(int, http_port, 8000, "HTTP port: OpenAI API, /metrics, /healthz, /readyz (0: no HTTP)");
+ABSL_FLAG(std::string, api_key, "", "require \"Authorization: Bearer KEY\" on /v1/* (healthz/readyz stay open)");
+ABSL_FLAG(std::string, api_key_file, "", "read the API key from this file (instead of --api-key)");
+ABSL_FLAG(bool, metrics_require_auth, false, "/metrics needs the API key too");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate: serve HTTPS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls-cert");
+ABSL_FLAG(int64_t, max_body_bytes, gdnserve::server::http::HttpOptions().max_body_bytes,
+          "largest HTTP request body (larger: 413)");
+ABSL_FLAG(int64_t, max_header_bytes, gdnserve::server::http::HttpOptions().max_header_bytes,
+          "largest HTTP request line + headers (larger: 431)");
+ABSL_FLAG(int, http_max_connections, gdnserve::server::http::HttpOptions().max_connections,
+          "HTTP connections served at once (worker threads)");
+ABSL_FLAG(std::string, chat_template, "", "chat template JSON (default: MODEL/chat_template.json, else built in)");
 ABSL_FLAG(int, max_seqs, 16, "state slots: sequences decoded at once (each sample of n > 1 takes one)");
 ABSL_FLAG(int, max_prompt_tokens, gdnserve::EngineOptions().max_prompt_tokens, "longest prompt in tokens");
 ABSL_FLAG(int, max_tokens_cap, gdnserve::EngineOptions().max_tokens_cap, "largest max_tokens a request may ask");
@@ -59,6 +75,7 @@ ABSL_FLAG(int, drain_timeout_ms, 10000, "on SIGTERM/SIGINT, how long in-flight r
 namespace {
 
 namespace srv = gdnserve::server;
+namespace http = gdnserve::server::http;
 
 const char* const kServiceName = gdnserve::v1::Generation::service_full_name();
 
@@ -185,14 +202,23 @@ std::shared_future<int> WatchSignals() {
   return future;
 }
 
+std::string ModelName(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir.substr(dir.find_last_of('/') + 1);
+}
+
 struct LoadedModel {
   std::unique_ptr<gdnserve::Tokenizer> tokenizer;
   std::unique_ptr<gdnserve::Backend> backend;
+  std::unique_ptr<srv::ServingMetrics> metrics;
+  std::unique_ptr<srv::StepMetrics> step_metrics;
   std::unique_ptr<gdnserve::Engine> engine;
   srv::ServingModel serving;
+  http::HttpModel http;
 };
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& dir) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics::Registry& registry,
+                                      const http::ChatTemplate& chat_template) {
   const auto t0 = std::chrono::steady_clock::now();
   Log("loading model " + dir);
   auto weights = gdnserve::LoadModelWeights(dir);
@@ -216,7 +242,11 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir) {
   opts.max_prefill_chunk = std::min(opts.max_prefill_chunk, opts.step_token_budget);
   opts.max_queue = absl::GetFlag(FLAGS_max_queue);
   const int64_t state_bytes = m.backend->state_pool().layout().bytes_per_slot();
-  m.engine = std::make_unique<gdnserve::Engine>(m.backend.get(), m.tokenizer.get(), opts);
+  // Metrics exist before the engine: it reports every step to step_metrics.
+  m.metrics = std::make_unique<srv::ServingMetrics>(registry, ModelName(dir), srv::BuildInfo{.version = GDNSERVE_VERSION, .device = "cpu"});
+  m.metrics->state_bytes_per_sequence.Set(static_cast<double>(m.backend->state_pool().layout().bytes_per_slot()));
+  m.step_metrics = std::make_unique<srv::StepMetrics>(*m.metrics);
+  m.engine = std::make_unique<gdnserve::Engine>(m.backend.get(), m.tokenizer.get(), opts, m.step_metrics.get());
 
   std::string name = dir;
   while (name.size() > 1 && name.back() == '/') name.pop_back();
@@ -229,6 +259,16 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir) {
   m.serving.device = "cpu";
   m.serving.config_json = config.ToJson();
   m.serving.state_bytes_per_sequence = state_bytes;
+  m.serving.metrics = m.metrics.get();
+  m.http.engine = m.engine.get();
+  m.http.name = m.serving.model_name;
+  m.http.limits = {.max_prompt_tokens = m.serving.limits.max_prompt_tokens,
+                   .max_tokens_cap = m.serving.limits.max_tokens_cap,
+                   .max_n = m.serving.limits.max_n};
+  m.http.chat_template = chat_template;
+  m.http.metrics = m.metrics.get();
+  m.http.created = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
 
   Log(
       absl::StrFormat("model %s: %s, %d layers, hidden %d, %d heads x %d (%d value heads), vocab %d, "
@@ -282,6 +322,13 @@ int main(int argc, char** argv) {
     return Fail(model_dir + "/tokenizer.model: " + std::strerror(errno));
   }
 
+  absl::StatusOr<std::string> api_key = http::LoadApiKey(absl::GetFlag(FLAGS_api_key), absl::GetFlag(FLAGS_api_key_file));
+  if (!api_key.ok()) return Fail(std::string(api_key.status().message()));
+  const std::string template_file = absl::GetFlag(FLAGS_chat_template);
+  absl::StatusOr<http::ChatTemplate> chat_template =
+      template_file.empty() ? http::ChatTemplate::ForModelDir(model_dir) : http::ChatTemplate::FromFile(template_file);
+  if (!chat_template.ok()) return Fail(std::string(chat_template.status().message()));
+
   const std::string host = absl::GetFlag(FLAGS_host);
   const int port = absl::GetFlag(FLAGS_grpc_port);
   if (absl::Status s = CheckCanBind(host, port); !s.ok()) return Fail(std::string(s.message()));
@@ -303,14 +350,38 @@ int main(int argc, char** argv) {
   SetHealth(*server, false);
   Log(absl::StrFormat("listening on %s (gRPC; health NOT_SERVING until the model is loaded)",
                       HostPort(host, bound_port)));
-  if (absl::GetFlag(FLAGS_http_port) != 0) {
-    Log(absl::StrFormat("--http-port %d reserved: the HTTP front end is not built yet",
-                        absl::GetFlag(FLAGS_http_port)));
+
+  // HTTP binds before the model loads too: /healthz answers at once, /readyz
+  // says 503 until SetModel.
+  gdnserve::metrics::Registry registry;
+  http::HttpOptions http_options;
+  http_options.api_key = *api_key;
+  http_options.metrics_require_auth = absl::GetFlag(FLAGS_metrics_require_auth);
+  http_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  http_options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  http_options.max_body_bytes = absl::GetFlag(FLAGS_max_body_bytes);
+  http_options.max_header_bytes = absl::GetFlag(FLAGS_max_header_bytes);
+  http_options.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  http_options.generation.request_log = [](const http::RequestLogEntry& e) {
+    Log(absl::StrFormat("%s %s %d%s prompt=%d completion=%d %.3fs %s", e.id, e.path, e.status,
+                        e.stream ? " stream" : "", e.prompt_tokens, e.completion_tokens, e.seconds, e.finish_reason));
+  };
+  http::HttpContext http_context;
+  http_context.registry = &registry;
+  http::HttpServer http_server(http_options, http_context);
+  if (const int http_port = absl::GetFlag(FLAGS_http_port); http_port != 0) {
+    if (absl::Status s = http_server.Start(host, http_port); !s.ok()) {
+      server->Shutdown();
+      return Fail(std::string(s.message()));
+    }
+    Log(absl::StrFormat("listening on %s (%s: OpenAI API, /metrics, /healthz, /readyz%s)",
+                        HostPort(host, http_server.port()), http_server.tls() ? "HTTPS" : "HTTP",
+                        http_options.api_key.empty() ? "" : "; API key required"));
   }
 
   absl::StatusOr<LoadedModel> model = absl::InternalError("not loaded");
   try {
-    model = LoadModel(model_dir);
+    model = LoadModel(model_dir, registry, *chat_template);
   } catch (const std::exception& e) {  // e.g. bad_alloc for a --max-seqs that does not fit
     model = absl::ResourceExhaustedError(absl::StrCat("loading ", model_dir, ": ", e.what()));
   }
@@ -319,6 +390,7 @@ int main(int argc, char** argv) {
     return Fail(std::string(model.status().message()));
   }
   service.SetModel(&model->serving);
+  http_server.SetModel(&model->http);
   SetHealth(*server, true);
   Log(absl::StrFormat("serving on %s", HostPort(host, bound_port)));
 
@@ -332,6 +404,7 @@ int main(int argc, char** argv) {
   // New requests now get UNAVAILABLE from the engine; each running one ends
   // with its final output, which finishes its RPC.
   model->engine->Shutdown(drain_ms);
+  http_server.Stop();  // before the engine goes: it may cancel requests in flight
   // Every call has had its final output; what is left are writes to slow
   // clients and health watches. Give them a moment, then cancel.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
