@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -202,6 +203,12 @@ std::shared_future<int> WatchSignals() {
   return future;
 }
 
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError("cannot read " + path);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
 std::string ModelName(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   return dir.substr(dir.find_last_of('/') + 1);
@@ -334,11 +341,24 @@ int main(int argc, char** argv) {
   if (absl::Status s = CheckCanBind(host, port); !s.ok()) return Fail(std::string(s.message()));
 
   srv::GenerationService service;
+  service.SetApiKey(*api_key);
+  // TLS for gRPC from the same PEM files as HTTPS.
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+      !cert.empty() || !key.empty()) {
+    absl::StatusOr<std::string> cert_pem = ReadFile(cert), key_pem = ReadFile(key);
+    if (cert.empty() || key.empty()) return Fail("TLS: --tls-cert and --tls-key go together");
+    if (!cert_pem.ok()) return Fail("TLS: --tls-cert: " + std::string(cert_pem.status().message()));
+    if (!key_pem.ok()) return Fail("TLS: --tls-key: " + std::string(key_pem.status().message()));
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
   srv::ReflectionServices reflection({kServiceName, "grpc.health.v1.Health"});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(HostPort(host, port), grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(HostPort(host, port), credentials, &bound_port);
   // gRPC sets SO_REUSEPORT by default on Linux, which lets a second server
   // share the port silently; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -1,5 +1,7 @@
 #include "server/service.h"
 
+#include <string_view>
+
 namespace gdnserve::server {
 namespace {
 
@@ -11,28 +13,47 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
   return reactor;
 }
 
+// Compares in time independent of where the strings differ.
+bool SameSecret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() != b.size();
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
 }  // namespace
+
+grpc::Status GenerationService::Admit(const grpc::CallbackServerContext& ctx) const {
+  if (!api_key_.empty()) {
+    const auto& md = ctx.client_metadata();
+    auto it = md.find("authorization");
+    const std::string_view got = it == md.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+    if (!SameSecret(got, "Bearer " + api_key_)) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          it == md.end() ? "missing authorization metadata (Bearer API key)" : "invalid API key");
+    }
+  }
+  if (model() == nullptr) return kLoading;
+  return grpc::Status::OK;
+}
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* GenerationService::Generate(grpc::CallbackServerContext* ctx,
                                                                             const pb::GenerateRequest* request) {
-  const ServingModel* m = model();
-  if (m == nullptr) return FailedStream(kLoading);
-  return StartGenerate(ctx, request, *m);
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return FailedStream(s);
+  return StartGenerate(ctx, request, *model());
 }
 
 grpc::ServerUnaryReactor* GenerationService::Complete(grpc::CallbackServerContext* ctx,
                                                       const pb::GenerateRequest* request,
                                                       pb::CompleteResponse* response) {
-  const ServingModel* m = model();
-  if (m == nullptr) return Done(ctx, kLoading);
-  return StartComplete(ctx, request, response, *m);
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
+  return StartComplete(ctx, request, response, *model());
 }
 
 grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContext* ctx,
                                                       const pb::TokenizeRequest* request,
                                                       pb::TokenizeResponse* response) {
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
   const ServingModel* m = model();
-  if (m == nullptr) return Done(ctx, kLoading);
   const Tokenizer& tok = m->engine->tokenizer();
   const std::vector<int32_t> ids = tok.Encode(request->text(), request->add_bos());
   response->mutable_token_ids()->Add(ids.begin(), ids.end());
@@ -43,8 +64,8 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerContext* ctx,
                                                         const pb::DetokenizeRequest* request,
                                                         pb::DetokenizeResponse* response) {
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
   const ServingModel* m = model();
-  if (m == nullptr) return Done(ctx, kLoading);
   const Tokenizer& tok = m->engine->tokenizer();
   if (absl::Status s = tok.CheckIds(request->token_ids()); !s.ok()) {
     return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "token_ids: " + std::string(s.message())));
@@ -56,8 +77,8 @@ grpc::ServerUnaryReactor* GenerationService::Detokenize(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerContext* ctx,
                                                           const pb::GetModelInfoRequest* /*request*/,
                                                           pb::ModelInfo* response) {
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
   const ServingModel* m = model();
-  if (m == nullptr) return Done(ctx, kLoading);
   const ModelConfig& c = m->engine->backend().config();
   const EngineStats stats = m->engine->Stats();
   response->set_model_name(m->model_name);

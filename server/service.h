@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <string>
 
 #include "gdnserve/v1/generation.grpc.pb.h"
 #include "server/calls.h"
@@ -15,6 +16,9 @@ class GenerationService final : public pb::Generation::CallbackService {
   // The server starts listening before the model is loaded (so health says
   // NOT_SERVING meanwhile); until SetModel every RPC is UNAVAILABLE.
   void SetModel(const ServingModel* model) { model_.store(model, std::memory_order_release); }
+  // When non-empty, every Generation RPC needs metadata "authorization:
+  // Bearer KEY" (health and reflection stay open). Set before serving.
+  void SetApiKey(std::string key) { api_key_ = std::move(key); }
 
   grpc::ServerWriteReactor<pb::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
                                                            const pb::GenerateRequest* request) override;
@@ -29,8 +33,11 @@ class GenerationService final : public pb::Generation::CallbackService {
 
  private:
   const ServingModel* model() const { return model_.load(std::memory_order_acquire); }
+  // OK, or UNAVAILABLE while loading, or UNAUTHENTICATED without the key.
+  grpc::Status Admit(const grpc::CallbackServerContext& ctx) const;
 
   std::atomic<const ServingModel*> model_{nullptr};
+  std::string api_key_;
 };
 
 }  // namespace gdnserve::server

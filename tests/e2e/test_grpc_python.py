@@ -117,3 +117,39 @@ def test_health_reflection_and_stream(server, stubs):
             stub.Complete(pb.GenerateRequest(text="x", sampling=pb.SamplingParams(top_p=2.0)), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "sampling.top_p" in err.value.details()
+
+
+def test_api_key_guards_generation_but_not_health(stubs):
+    """--api-key: Generation RPCs need "authorization: Bearer KEY" metadata;
+    health stays open."""
+    pb2, pb2_grpc = stubs
+    binary = os.environ["GDNSERVE_BIN"]
+    model = Path(os.environ["GDNSERVE_TEST_MODELS"]) / "tiny"
+    with tempfile.NamedTemporaryFile(prefix="gdnserve_key_", suffix=".log") as log:
+        proc = subprocess.Popen([binary, "--model", str(model), "--host", "127.0.0.1", "--grpc-port", "0",
+                                 "--http-port", "0", "--threads", "1", "--api-key", "s3cret"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while not (m := re.search(rb"listening on (127\.0\.0\.1:\d+)", Path(log.name).read_bytes())):
+                assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+                time.sleep(0.01)
+            with grpc.insecure_channel(m.group(1).decode()) as channel:
+                wait_serving(channel)
+                stub = pb2_grpc.GenerationStub(channel)
+                for metadata, code in [(None, grpc.StatusCode.UNAUTHENTICATED),
+                                       ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED)]:
+                    with pytest.raises(grpc.RpcError) as e:
+                        stub.GetModelInfo(pb2.GetModelInfoRequest(), metadata=metadata, timeout=5)
+                    assert e.value.code() == code
+                ok = (("authorization", "Bearer s3cret"),)
+                assert stub.GetModelInfo(pb2.GetModelInfoRequest(), metadata=ok, timeout=5).vocab_size > 0
+                req = pb2.GenerateRequest(text="hi", stop=pb2.StopConditions(max_tokens=3))
+                with pytest.raises(grpc.RpcError) as e:
+                    list(stub.Generate(req, timeout=5))
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert sum(len(s.token_ids) for r in stub.Generate(req, metadata=ok, timeout=10)
+                           for s in r.samples) == 3
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0, Path(log.name).read_text()
