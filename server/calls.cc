@@ -1,6 +1,7 @@
 #include "server/calls.h"
 
 #include "server/http/request_metrics.h"
+#include "server/log.h"
 
 #include <atomic>
 #include <chrono>
@@ -29,19 +30,37 @@ Clock::time_point EngineDeadline(const grpc::CallbackServerContext& ctx) {
 // a request the engine lost can never leave its RPC hanging.
 // It also records the request's metrics (TTFT, ITL, latencies, tokens,
 // finish reason), the same way the HTTP front end does.
+// And it writes the request's log line when the request finishes.
 template <typename Call>
 class CallSink final : public RequestSink {
  public:
-  CallSink(Call* call, ServingMetrics* metrics) : call_(call), metrics_(metrics) {}
+  CallSink(Call* call, ServingMetrics* metrics, std::string id, const char* path, bool stream)
+      : call_(call), metrics_(metrics) {
+    log_.id = std::move(id);
+    log_.path = path;
+    log_.stream = stream;
+  }
   ~CallSink() override { call_->EngineReleased(); }
   void OnOutput(RequestOutput output) override {
     metrics_.OnOutput(output);
+    for (const SampleDelta& d : output.samples) {
+      if (d.index == 0 && d.finish != FinishReason::kNone) log_.finish_reason = FinishReasonName(d.finish);
+    }
+    if (output.finished) {
+      log_.status = static_cast<int>(output.error.code());
+      if (!output.error.ok()) log_.finish_reason = std::string(output.error.message());
+      log_.prompt_tokens = output.prompt_tokens;
+      log_.completion_tokens = output.completion_tokens;
+      log_.seconds = std::chrono::duration<double>(output.times.finished - output.times.arrival).count();
+      LogRequest(log_);
+    }
     call_->OnEngineOutput(std::move(output));
   }
 
  private:
   Call* const call_;
   RequestMetrics metrics_;
+  RequestLogEntry log_;
 };
 
 // State both reactors share: the two owners, the engine handle and
@@ -328,10 +347,10 @@ absl::StatusOr<GenerationRequest> BuildRequest(grpc::CallbackServerContext* ctx,
 }
 
 template <typename Call>
-void Submit(Call* call, GenerationRequest request, const ServingModel& model) {
+void Submit(Call* call, GenerationRequest request, const ServingModel& model, const char* path, bool stream) {
   // Our copy of the sink keeps the engine's ownership alive until Submitted
   // has recorded the outcome, even if Submit fails and drops its copy.
-  auto sink = std::make_shared<CallSink<Call>>(call, model.metrics);
+  auto sink = std::make_shared<CallSink<Call>>(call, model.metrics, request.request_id, path, stream);
   const absl::StatusOr<uint64_t> handle = model.engine->Submit(std::move(request), sink);
   if (!handle.ok()) RecordRejected(model.metrics, handle.status().code());
   call->Submitted(handle);
@@ -361,7 +380,7 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* StartGenerate(grpc::CallbackServ
     return FailedStream(ToGrpcStatus(r.status()));
   }
   auto* call = new GenerateCall(model, r->deadline, std::move(*id));
-  Submit(call, std::move(*r), model);
+  Submit(call, std::move(*r), model, "/gdnserve.v1.Generation/Generate", /*stream=*/true);
   return call;
 }
 
@@ -377,7 +396,7 @@ grpc::ServerUnaryReactor* StartComplete(grpc::CallbackServerContext* ctx, const 
     return reactor;
   }
   auto* call = new CompleteCall(model, r->deadline, std::move(*id), r->n, response);
-  Submit(call, std::move(*r), model);
+  Submit(call, std::move(*r), model, "/gdnserve.v1.Generation/Complete", /*stream=*/false);
   return call;
 }
 

@@ -41,6 +41,7 @@
 #include "server/http/http_server.h"
 #include "server/http/request_metrics.h"
 #include "server/metrics.h"
+#include "server/log.h"
 #include "server/reflection.h"
 #include "server/serving_metrics.h"
 #include "server/service.h"
@@ -63,6 +64,7 @@ ABSL_FLAG(int64_t, max_header_bytes, gdnserve::server::http::HttpOptions().max_h
 ABSL_FLAG(int, http_max_connections, gdnserve::server::http::HttpOptions().max_connections,
           "HTTP connections served at once (worker threads)");
 ABSL_FLAG(std::string, chat_template, "", "chat template JSON (default: MODEL/chat_template.json, else built in)");
+ABSL_FLAG(std::string, log_format, "text", "log lines as text or json (one JSON object per line)");
 ABSL_FLAG(int, max_seqs, 16, "state slots: sequences decoded at once (each sample of n > 1 takes one)");
 ABSL_FLAG(int, max_prompt_tokens, gdnserve::EngineOptions().max_prompt_tokens, "longest prompt in tokens");
 ABSL_FLAG(int, max_tokens_cap, gdnserve::EngineOptions().max_tokens_cap, "largest max_tokens a request may ask");
@@ -85,10 +87,7 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-void Log(const std::string& message) {
-  std::fprintf(stderr, "gdnserve: %s\n", message.c_str());
-  std::fflush(stderr);
-}
+void Log(const std::string& message) { srv::LogInfo(message); }
 
 double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -316,6 +315,11 @@ int main(int argc, char** argv) {
   const std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() > 1) return Fail(std::string("unexpected argument '") + positional[1] + "' (see --help)");
   if (absl::Status s = CheckFlags(); !s.ok()) return Fail(std::string(s.message()));
+  srv::LogFormat log_format;
+  if (!srv::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &log_format)) {
+    return Fail("--log-format must be text or json, got '" + absl::GetFlag(FLAGS_log_format) + "'");
+  }
+  srv::SetLogFormat(log_format);
 
   // Before any thread exists, so that every thread inherits the blocked mask.
   std::shared_future<int> signal = WatchSignals();
@@ -382,10 +386,7 @@ int main(int argc, char** argv) {
   http_options.max_body_bytes = absl::GetFlag(FLAGS_max_body_bytes);
   http_options.max_header_bytes = absl::GetFlag(FLAGS_max_header_bytes);
   http_options.max_connections = absl::GetFlag(FLAGS_http_max_connections);
-  http_options.generation.request_log = [](const http::RequestLogEntry& e) {
-    Log(absl::StrFormat("%s %s %d%s prompt=%d completion=%d %.3fs %s", e.id, e.path, e.status,
-                        e.stream ? " stream" : "", e.prompt_tokens, e.completion_tokens, e.seconds, e.finish_reason));
-  };
+  http_options.generation.request_log = srv::LogRequest;
   http::HttpContext http_context;
   http_context.registry = &registry;
   http::HttpServer http_server(http_options, http_context);

@@ -21,6 +21,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "server/log.h"
 #include "absl/base/thread_annotations.h"
 #include "engine/engine.h"
 #include "server/http/chat_template.h"
@@ -47,16 +48,7 @@ struct HttpModel {
 };
 
 // One line of the request log, handed to HttpOptions::request_log.
-struct RequestLogEntry {
-  std::string id;    // cmpl-... / chatcmpl-...
-  std::string path;  // /v1/completions, /v1/chat/completions
-  int status = 0;    // HTTP status (200 for a stream that started)
-  bool stream = false;
-  int prompt_tokens = 0;
-  int completion_tokens = 0;
-  double seconds = 0;         // handler start to last byte queued
-  std::string finish_reason;  // engine name of sample 0's ("length", "stop", "eos", "cancelled"); error text on failure
-};
+using RequestLogEntry = server::RequestLogEntry;
 using RequestLogger = std::function<void(const RequestLogEntry&)>;
 
 // Engine requests being served, so Stop() can cancel them all.
