@@ -16,7 +16,7 @@ $py "$root/tools/gen_model.py" --preset tiny --out "$out/tiny" --seed 1
 $py "$root/tools/gen_model.py" --preset mid --out "$out/mid" --seed 1
 for m in tiny mid; do
   echo "== $m"
-  "$build/bench/bench_cpu_engine" --model "$out/$m" --prefill 1024 --batches 1,2,4,8,16 \
-    --decode-steps 16 --json "$out/cpu_$m.json"
+  "$build/bench/bench_cpu_engine" --model "$out/$m" --prefill 1024 --batches 1,2,4,8,16,32 \
+    --decode-steps 24 --json "$out/cpu_$m.json"
 done
 $py "$root/bench/plot_cpu.py" "$out/cpu_mid.json" "$root/bench/cpu_decode.png"

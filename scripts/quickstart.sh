@@ -23,9 +23,10 @@ for _ in $(seq 1 300); do
 done
 cat "$log"
 echo
-echo "\$ gdnserve-cli --max_tokens 64 --temperature 0.8 --seed 1 \"$prompt\""
-"$bin/clients/gdnserve-cli" --max_tokens 64 --temperature 0.8 --seed 1 "$prompt"
+echo "\$ gdnserve-cli --echo --max_tokens 64 --temperature 0.8 --seed 1 \"$prompt\""
+"$bin/clients/gdnserve-cli" --echo --max_tokens 64 --temperature 0.8 --seed 1 "$prompt"
 echo
-echo "quickstart: gdnserve is serving gRPC on localhost:50051 (Ctrl-C to stop)."
-echo "  try: $bin/clients/gdnserve-cli --max_tokens 100 \"your prompt\""
+echo "quickstart: gdnserve is serving gRPC on localhost:50051 and HTTP on localhost:8000 (Ctrl-C to stop). Try:"
+echo "  $bin/clients/gdnserve-cli --max_tokens 100 \"your prompt\""
+echo "  curl localhost:8000/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\": \"$prompt\", \"max_tokens\": 32}'"
 wait $server
