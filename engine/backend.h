@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,26 @@ class Backend {
   virtual StatePool& state_pool() = 0;
   // Runs the batch; InvalidArgument for a bad token id or slot, naming it.
   virtual absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) = 0;
+
+  // Copies a slot's whole state (StateLayout order, float32) to or from host
+  // memory (snapshots: prefix cache, sessions). The defaults serve a pool in
+  // host memory; a device backend overrides them with device copies.
+  virtual absl::Status ReadSlot(int slot, absl::Span<float> out) {
+    StatePool& pool = state_pool();
+    if (!pool.InUse(slot) || static_cast<int64_t>(out.size()) != pool.layout().floats_per_slot()) {
+      return absl::InvalidArgumentError("ReadSlot: slot not in use or wrong size");
+    }
+    std::memcpy(out.data(), pool.Slot(slot), out.size() * sizeof(float));
+    return absl::OkStatus();
+  }
+  virtual absl::Status WriteSlot(int slot, absl::Span<const float> in) {
+    StatePool& pool = state_pool();
+    if (!pool.InUse(slot) || static_cast<int64_t>(in.size()) != pool.layout().floats_per_slot()) {
+      return absl::InvalidArgumentError("WriteSlot: slot not in use or wrong size");
+    }
+    std::memcpy(pool.Slot(slot), in.data(), in.size() * sizeof(float));
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace gdnserve

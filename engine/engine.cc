@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "engine/state_blob.h"
 #include "engine/stop_matcher.h"
 
 namespace gdnserve {
@@ -40,6 +41,7 @@ struct Sample {
   StopMatcher stop;
   int32_t last_token = -1;  // fed to the next decode step
   int num_generated = 0;
+  std::vector<int32_t> generated;  // sample 0 of a session request: every token drawn
   FinishReason finish = FinishReason::kNone;
   SampleDelta delta;        // output since the last delivery
 };
@@ -49,7 +51,12 @@ struct Engine::Group {
   GenerationRequest req;
   std::shared_ptr<RequestSink> sink;
   std::vector<Sample> samples;
-  int64_t prefilled = 0;  // prompt tokens already run
+  int64_t prefilled = 0;  // prompt tokens already run (or restored)
+  int64_t cached = 0;     // prompt tokens restored from a snapshot
+  std::shared_ptr<const StateSnapshot> restore;  // written into sample 0's slot at admission
+  bool capture = false;   // prefill starts chunk-aligned: snapshots for the prefix cache are exact
+  bool from_session = false;  // restored from a session (decode steps ran: not a cold prefill's state)
+  std::vector<float> prompt_logits;  // want_prompt_logits, until delivered
   bool cancel = false;
   int completion_tokens = 0;
   RequestTimes times;
@@ -68,7 +75,10 @@ struct Engine::Group {
 Engine::Engine(Backend* backend, const Tokenizer* tokenizer, const EngineOptions& options,
                StepObserver* observer)
     : backend_(backend), tokenizer_(tokenizer), options_(Normalized(options, backend->state_pool().num_slots())),
-      observer_(observer) {
+      observer_(observer),
+      floats_per_slot_(backend->state_pool().layout().floats_per_slot()),
+      sessions_(options_.session_bytes, std::chrono::milliseconds(options_.session_ttl_ms)),
+      prefix_cache_(options_.prefix_cache_bytes, options_.prefix_cache_interval) {
   stats_.slots_total = backend_->state_pool().num_slots();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -80,12 +90,14 @@ EngineOptions Engine::Normalized(EngineOptions o, int num_slots) {
   // prompt could wait forever; pieces are whole chunks.
   o.max_prefill_chunk = std::max<int>(kChunkAlign, o.max_prefill_chunk / kChunkAlign * kChunkAlign);
   o.step_token_budget = std::max(o.step_token_budget, num_slots + kChunkAlign);
+  o.prefix_cache_interval = std::max(kChunkAlign, o.prefix_cache_interval / kChunkAlign * kChunkAlign);
   return o;
 }
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
-  if (r.prompt.empty()) return bad("prompt: must not be empty");
+  if (r.prompt.empty() && !r.session_continue) return bad("prompt: must not be empty");
+  if (r.session_continue && r.session_id.empty()) return bad("session_continue: needs a session_id");
   if (static_cast<int64_t>(r.prompt.size()) > options_.max_prompt_tokens) {
     return bad(absl::StrFormat("prompt: %d tokens exceed the limit of %d (--max-prompt-tokens)", r.prompt.size(),
                                options_.max_prompt_tokens));
@@ -118,6 +130,9 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
   g->times.arrival = Clock::now();
   g->req = std::move(request);
   g->sink = std::move(sink);
+  if (!g->req.session_id.empty()) {
+    if (absl::Status s = AttachSession(*g); !s.ok()) return s;
+  }
   g->samples.reserve(g->req.n);
   for (int i = 0; i < g->req.n; ++i) g->samples.emplace_back(i, g->req, *tokenizer_);
   std::lock_guard<std::mutex> lock(mu_);
@@ -127,6 +142,7 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
         absl::StrFormat("%d requests are already waiting (--max-queue); retry later", waiting_));
   }
   g->handle = next_handle_++;
+  if (g->restore != nullptr) stats_.session_restored_tokens += g->cached;
   const uint64_t handle = g->handle;
   inbox_.push_back(std::move(g));
   ++waiting_;
@@ -156,8 +172,105 @@ void Engine::Shutdown(int drain_ms) {
 }
 
 EngineStats Engine::Stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  EngineStats stats;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats = stats_;
+  }
+  stats.sessions = static_cast<int64_t>(sessions_.size());
+  stats.session_bytes = sessions_.bytes_used();
+  return stats;
+}
+
+absl::Status Engine::AttachSession(Group& g) {
+  GenerationRequest& r = g.req;
+  if (!sessions_.enabled()) {
+    if (r.session_continue) {
+      return absl::FailedPreconditionError("session_continue: sessions are disabled (--session-bytes 0)");
+    }
+    return absl::OkStatus();
+  }
+  std::shared_ptr<const StateSnapshot> snap = sessions_.Get(r.session_id);
+  if (r.session_continue) {
+    if (snap == nullptr) {
+      return absl::NotFoundError(absl::StrFormat(
+          "session \"%s\" not found (unknown, expired or evicted); send the whole history without continue",
+          r.session_id));
+    }
+    std::vector<int32_t> prompt = snap->tokens;
+    if (snap->pending >= 0) prompt.push_back(snap->pending);
+    prompt.insert(prompt.end(), r.prompt.begin(), r.prompt.end());
+    if (prompt.size() == snap->tokens.size()) {
+      return absl::InvalidArgumentError("prompt: empty, and the session has no pending token to run");
+    }
+    r.prompt = std::move(prompt);
+  } else if (snap == nullptr || snap->tokens.size() >= r.prompt.size() ||
+             !std::equal(snap->tokens.begin(), snap->tokens.end(), r.prompt.begin())) {
+    return absl::OkStatus();  // a different history: prefill it all
+  }
+  g.restore = std::move(snap);
+  g.from_session = true;
+  g.prefilled = g.cached = static_cast<int64_t>(g.restore->tokens.size());
+  return absl::OkStatus();
+}
+
+void Engine::LookupPrefix(Group& g) {
+  if (!prefix_cache_.enabled()) return;
+  prefix_query_tokens_ += static_cast<int64_t>(g.req.prompt.size());
+  std::shared_ptr<const StateSnapshot> snap = prefix_cache_.Lookup(g.req.prompt);
+  if (snap == nullptr) return;
+  g.restore = std::move(snap);
+  g.prefilled = g.cached = static_cast<int64_t>(g.restore->tokens.size());
+  prefix_hit_tokens_ += g.cached;
+}
+
+void Engine::MaybeSnapshotPrefix(Group& g) {
+  if (!g.capture || g.prefilled % prefix_cache_.interval() != 0) return;
+  const auto prefix = absl::MakeConstSpan(g.req.prompt).subspan(0, g.prefilled);
+  if (prefix_cache_.Contains(prefix)) return;
+  auto snap = std::make_shared<StateSnapshot>();
+  snap->tokens.assign(prefix.begin(), prefix.end());
+  snap->state.resize(floats_per_slot_);
+  if (!backend_->ReadSlot(g.samples[0].slot, absl::MakeSpan(snap->state)).ok()) return;
+  prefix_cache_.Insert(std::move(snap));
+}
+
+void Engine::SaveSession(Group& g) {
+  const Sample& s = g.samples[0];
+  if (s.generated.empty()) return;
+  auto snap = std::make_shared<StateSnapshot>();
+  snap->tokens = g.req.prompt;
+  snap->tokens.insert(snap->tokens.end(), s.generated.begin(), s.generated.end() - 1);
+  snap->pending = s.generated.back();  // drawn, never fed: the next turn feeds it first
+  snap->state.resize(floats_per_slot_);
+  if (!backend_->ReadSlot(s.slot, absl::MakeSpan(snap->state)).ok()) return;
+  sessions_.Put(g.req.session_id, std::move(snap));
+}
+
+absl::StatusOr<std::string> Engine::ExportSession(const std::string& session_id) const {
+  std::shared_ptr<const StateSnapshot> snap = sessions_.Get(session_id);
+  if (snap == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("session \"%s\" not found (unknown, expired or evicted)", session_id));
+  }
+  return EncodeStateBlob(*snap, backend_->config().ConfigHash());
+}
+
+absl::StatusOr<int64_t> Engine::ImportSession(const std::string& session_id, std::string_view blob) {
+  if (session_id.empty()) return absl::InvalidArgumentError("session_id: must not be empty");
+  if (!sessions_.enabled()) return absl::FailedPreconditionError("sessions are disabled (--session-bytes 0)");
+  absl::StatusOr<StateSnapshot> snap = DecodeStateBlob(blob, backend_->config().ConfigHash(), floats_per_slot_);
+  if (!snap.ok()) return snap.status();
+  const int vocab = backend_->config().vocab_size;
+  auto bad_token = [vocab](int32_t t) { return t < 0 || t >= vocab; };
+  if (std::any_of(snap->tokens.begin(), snap->tokens.end(), bad_token) ||
+      (snap->pending != -1 && bad_token(snap->pending))) {
+    return absl::InvalidArgumentError("state blob: a token id is outside the vocabulary");
+  }
+  const int64_t n = static_cast<int64_t>(snap->tokens.size());
+  if (!sessions_.Put(session_id, std::make_shared<const StateSnapshot>(*std::move(snap)))) {
+    return absl::ResourceExhaustedError("state: larger than the session budget (--session-bytes)");
+  }
+  return n;
 }
 
 void Engine::Loop() {
@@ -201,6 +314,9 @@ bool Engine::Step() {
     while (!inbox_.empty()) {
       waiting_groups_.push_back(std::move(inbox_.front()));
       inbox_.pop_front();
+      Group& g = *waiting_groups_.back();
+      if (g.restore == nullptr) LookupPrefix(g);
+      g.capture = prefix_cache_.enabled() && !g.from_session && g.prefilled % kChunkAlign == 0;
     }
     cancels.swap(cancels_);
     cancel_all = cancel_all_;
@@ -237,9 +353,9 @@ bool Engine::Step() {
     in.running.push_back({g->handle, static_cast<int64_t>(g->req.prompt.size()) - g->prefilled, g->num_decoding()});
   }
   for (const auto& g : waiting_groups_) {
-    in.waiting.push_back({g->handle, g->req.n, static_cast<int64_t>(g->req.prompt.size())});
+    in.waiting.push_back({g->handle, g->req.n, static_cast<int64_t>(g->req.prompt.size()) - g->prefilled});
   }
-  const SchedulerPlan plan = Schedule(in);
+  SchedulerPlan plan = Schedule(in);
 
   // 3. Admit: every sample of an admitted group gets its slot now.
   for (uint64_t id : plan.admit) {
@@ -247,6 +363,14 @@ bool Engine::Step() {
                            [id](const auto& g) { return g->handle == id; });
     Group& g = **it;
     for (Sample& s : g.samples) s.slot = *pool.Acquire();
+    if (g.restore != nullptr) {
+      if (!backend_->WriteSlot(g.samples[0].slot, g.restore->state).ok()) {
+        (void)pool.Release(g.samples[0].slot);  // start cold from a zeroed slot
+        g.samples[0].slot = *pool.Acquire();
+        g.prefilled = g.cached = 0;
+      }
+      g.restore.reset();
+    }
     g.times.scheduled = now;
     running_.push_back(std::move(*it));
     waiting_groups_.erase(it);
@@ -270,8 +394,16 @@ bool Engine::Step() {
       decode_samples.push_back({g, &s});
     }
   }
-  for (const PrefillPiece& p : plan.prefill) {
+  for (PrefillPiece& p : plan.prefill) {
     Group* g = find_running(p.id);
+    if (g->capture) {  // end the piece at the last cache interval inside it, to snapshot there
+      const int64_t interval = prefix_cache_.interval();
+      const int64_t end = (g->prefilled + p.num_tokens) / interval * interval;
+      if (end > g->prefilled && end < g->prefilled + p.num_tokens) {
+        plan.num_tokens -= g->prefilled + p.num_tokens - end;
+        p.num_tokens = end - g->prefilled;
+      }
+    }
     batch.push_back({g->samples[0].slot, absl::MakeConstSpan(g->req.prompt).subspan(g->prefilled, p.num_tokens),
                      false});
     num_prefill_tokens += p.num_tokens;
@@ -293,6 +425,7 @@ bool Engine::Step() {
     s.last_token = r.token;
     ++s.num_generated;
     ++g.completion_tokens;
+    if (s.index == 0 && !g.req.session_id.empty()) s.generated.push_back(r.token);
     s.delta.token_ids.push_back(r.token);
     if (g.req.sampling.logprobs > 0) s.delta.logprobs.push_back({r.token, r.logprob, r.top});
     const StopConditions& stop = g.req.stop;
@@ -316,7 +449,12 @@ bool Engine::Step() {
     for (size_t j = 0; j < plan.prefill.size(); ++j) {
       Group* g = find_running(plan.prefill[j].id);
       g->prefilled += plan.prefill[j].num_tokens;
+      MaybeSnapshotPrefix(*g);
       if (!g->prefill_done()) continue;
+      if (g->req.want_prompt_logits) {
+        const float* logits = out.Last(decode_samples.size() + j);
+        g->prompt_logits.assign(logits, logits + out.vocab);
+      }
       // Prompt done: fork the state to the other samples, then each draws its first token.
       for (size_t k = 1; k < g->samples.size(); ++k) (void)pool.Copy(g->samples[0].slot, g->samples[k].slot);
       for (Sample& s : g->samples) {
@@ -337,6 +475,11 @@ bool Engine::Step() {
       errors[i] = status;
       for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
     }
+    Sample& s0 = g.samples[0];
+    if (!g.req.session_id.empty() && s0.finished() && s0.slot >= 0 && s0.finish != FinishReason::kCancelled &&
+        errors[i].ok()) {
+      SaveSession(g);
+    }
     for (Sample& s : g.samples) {
       if (s.finished() && s.slot >= 0) {
         (void)pool.Release(s.slot);
@@ -354,6 +497,12 @@ bool Engine::Step() {
     stats_.slots_used = pool.num_used();
     stats_.requests_finished += finished_now;
     ++stats_.steps;
+    if (status.ok()) prefill_tokens_ += num_prefill_tokens;
+    stats_.prefill_tokens = prefill_tokens_;
+    stats_.prefix_cache_query_tokens = prefix_query_tokens_;
+    stats_.prefix_cache_hit_tokens = prefix_hit_tokens_;
+    stats_.prefix_cache_bytes = prefix_cache_.bytes_used();
+    stats_.prefix_cache_entries = static_cast<int64_t>(prefix_cache_.size());
   }
   auto deliver = [&](Group& g, const absl::Status& error) {
     const bool finished = g.finished();
@@ -368,6 +517,8 @@ bool Engine::Step() {
     o.finished = finished;
     o.error = error;
     o.prompt_tokens = static_cast<int>(g.req.prompt.size());
+    o.cached_prompt_tokens = static_cast<int>(g.cached);
+    if (!g.prompt_logits.empty() && !o.samples.empty()) o.prompt_logits = std::move(g.prompt_logits);
     o.completion_tokens = g.completion_tokens;
     if (finished) g.times.finished = t_after;
     o.times = g.times;

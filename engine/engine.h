@@ -12,6 +12,8 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -21,6 +23,7 @@
 #include "engine/backend.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
+#include "engine/state_cache.h"
 #include "engine/tokenizer.h"
 
 namespace gdnserve {
@@ -36,6 +39,14 @@ struct EngineOptions {
   int max_prefill_chunk = 512;      // largest prefill piece per step; a multiple of kChunkAlign
   int max_queue = 256;              // waiting requests beyond which Submit fails
   int max_n = 16;                   // largest n (parallel samples)
+  // Exact prefix state cache: snapshots every `prefix_cache_interval` tokens
+  // (a multiple of kChunkAlign) of prefilled prompts, LRU within
+  // prefix_cache_bytes of host memory; 0 disables it.
+  int64_t prefix_cache_bytes = 0;
+  int prefix_cache_interval = 256;
+  // Session snapshots: host memory budget (0 disables sessions) and idle TTL.
+  int64_t session_bytes = int64_t{1} << 30;
+  int64_t session_ttl_ms = 600'000;
 };
 
 // Aggregate counters, readable from any thread.
@@ -46,6 +57,14 @@ struct EngineStats {
   int slots_total = 0;
   int64_t requests_finished = 0;
   int64_t steps = 0;
+  int64_t prefill_tokens = 0;              // prompt tokens run through the model
+  int64_t prefix_cache_query_tokens = 0;   // prompt tokens of requests that looked up the cache
+  int64_t prefix_cache_hit_tokens = 0;     // of those, restored from the cache
+  int64_t prefix_cache_bytes = 0;
+  int64_t prefix_cache_entries = 0;
+  int64_t session_restored_tokens = 0;     // prompt tokens restored from session snapshots
+  int64_t sessions = 0;
+  int64_t session_bytes = 0;
 };
 
 // Observes each engine step (for metrics); called on the engine thread.
@@ -77,6 +96,15 @@ class Engine {
   bool accepting() const { return accepting_.load(); }
 
   EngineStats Stats() const;
+
+  // A session's snapshot as a portable blob (engine/state_blob.h); NotFound
+  // naming the session when it is unknown, expired or evicted.
+  absl::StatusOr<std::string> ExportSession(const std::string& session_id) const;
+  // Stores a blob as the session's snapshot (replacing one of the same id);
+  // returns its token count. InvalidArgument for a corrupt blob,
+  // FailedPrecondition for another model's, ResourceExhausted over budget.
+  absl::StatusOr<int64_t> ImportSession(const std::string& session_id, std::string_view blob);
+  bool DropSession(const std::string& session_id) { return sessions_.Erase(session_id); }
   const EngineOptions& options() const { return options_; }
   const Backend& backend() const { return *backend_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -88,6 +116,12 @@ class Engine {
   void Loop();
   bool Step();  // one schedule -> forward -> postprocess; false when idle
   absl::Status Validate(const GenerationRequest& r) const;
+  // Restores a session (Submit) or the longest cached prefix (intake) into the group's plan.
+  absl::Status AttachSession(Group& g);
+  void LookupPrefix(Group& g);
+  // After a forward: snapshots a prefill that ended at a cache interval.
+  void MaybeSnapshotPrefix(Group& g);
+  void SaveSession(Group& g);
 
   Backend* backend_;
   const Tokenizer* tokenizer_;
@@ -105,7 +139,13 @@ class Engine {
   std::atomic<bool> accepting_{true};
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
 
+  const int64_t floats_per_slot_;
+  mutable SessionStore sessions_;  // thread-safe
   // Engine-thread state.
+  PrefixCache prefix_cache_;
+  int64_t prefill_tokens_ = 0;
+  int64_t prefix_query_tokens_ = 0;
+  int64_t prefix_hit_tokens_ = 0;
   std::deque<std::unique_ptr<Group>> waiting_groups_;
   std::vector<std::unique_ptr<Group>> running_;
   std::thread thread_;

@@ -34,6 +34,15 @@ struct GenerationRequest {
   StopConditions stop;
   int n = 1;                     // parallel samples
   Clock::time_point deadline = Clock::time_point::max();
+  // Sessions (issue 10). With a session_id, the finished request's state
+  // (sample 0) is kept as the session's snapshot. session_continue: `prompt`
+  // holds only the new tokens, appended to the session's history (NotFound
+  // when the session is unknown, expired or evicted). Without it, `prompt` is
+  // the whole history, and a stored session that is a prefix of it saves the
+  // re-prefill of that prefix (else the prompt is prefilled as usual).
+  std::string session_id;
+  bool session_continue = false;
+  bool want_prompt_logits = false;  // tests: deliver the last prompt token's logits (sample 0)
 };
 
 // Per-token logprob data (when sampling.logprobs > 0 it includes the top-n).
@@ -64,8 +73,10 @@ struct RequestOutput {
   std::vector<SampleDelta> samples;  // only samples with something new
   bool finished = false;             // every sample is finished: the last delivery
   absl::Status error;                // non-OK: the request failed (also finished)
-  int prompt_tokens = 0;
+  int prompt_tokens = 0;             // with session_continue: the session's history plus the new tokens
+  int cached_prompt_tokens = 0;      // of those, restored from a snapshot (session or prefix cache), not run
   int completion_tokens = 0;         // over all samples, so far
+  std::vector<float> prompt_logits;  // want_prompt_logits: on the first delivery with tokens
   RequestTimes times;
 };
 

@@ -159,6 +159,7 @@ class GenerateCall final : public EngineCall, public grpc::ServerWriteReactor<pb
         pb::Usage* usage = Pending()->mutable_usage();
         usage->set_prompt_tokens(out.prompt_tokens);
         usage->set_completion_tokens(out.completion_tokens);
+        usage->set_cached_prompt_tokens(out.cached_prompt_tokens);
       }
     }
     const Action action = NextLocked();
@@ -287,6 +288,7 @@ class CompleteCall final : public EngineCall, public grpc::ServerUnaryReactor {
       status_ = FinalStatusLocked(out);
       result_.mutable_usage()->set_prompt_tokens(out.prompt_tokens);
       result_.mutable_usage()->set_completion_tokens(out.completion_tokens);
+      result_.mutable_usage()->set_cached_prompt_tokens(out.cached_prompt_tokens);
     }
     const bool finish = FinishLocked();
     lock.unlock();

@@ -72,7 +72,7 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& in,
   switch (in.prompt_case()) {
     case pb::GenerateRequest::kText:
       if (in.text().empty()) return Bad("prompt.text", "must not be empty");
-      r.prompt = tokenizer.Encode(in.text(), /*add_bos=*/true);
+      r.prompt = tokenizer.Encode(in.text(), /*add_bos=*/!in.session_continue());
       break;
     case pb::GenerateRequest::kTokenIds:
       if (in.token_ids().ids().empty()) return Bad("prompt.token_ids", "must not be empty");
@@ -88,6 +88,13 @@ absl::StatusOr<GenerationRequest> ToEngineRequest(const pb::GenerateRequest& in,
     return Bad("prompt", absl::StrFormat("%d tokens exceed the limit of %d (--max-prompt-tokens)", r.prompt.size(),
                                          limits.max_prompt_tokens));
   }
+
+  if (in.session_continue() && in.session_id().empty()) return Bad("session_continue", "needs a session_id");
+  if (in.session_id().size() > static_cast<size_t>(limits.max_request_id_bytes)) {
+    return Bad("session_id", absl::StrFormat("at most %d bytes", limits.max_request_id_bytes));
+  }
+  r.session_id = in.session_id();
+  r.session_continue = in.session_continue();
 
   const pb::SamplingParams& sp = in.sampling();
   SamplingParams& s = r.sampling;

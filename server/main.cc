@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <limits>
 #include <fstream>
 #include <cstdio>
 #include <cstdlib>
@@ -72,6 +73,17 @@ ABSL_FLAG(int, step_token_budget, gdnserve::EngineOptions().step_token_budget,
           "tokens per engine step (decode tokens + prefill chunks)");
 ABSL_FLAG(int, max_queue, gdnserve::EngineOptions().max_queue,
           "requests waiting for a slot beyond which new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, prefix_cache_bytes, int64_t{1} << 30,
+          "host memory for the exact prefix state cache (0 disables it)");
+ABSL_FLAG(int, prefix_cache_interval, gdnserve::EngineOptions().prefix_cache_interval,
+          "prefix cache snapshot every this many prompt tokens (rounded down to a multiple of 64)");
+ABSL_FLAG(int64_t, session_bytes, gdnserve::EngineOptions().session_bytes,
+          "host memory for session snapshots, LRU (0 disables sessions)");
+ABSL_FLAG(int, session_ttl_s, static_cast<int>(gdnserve::EngineOptions().session_ttl_ms / 1000),
+          "a session idle this long is dropped");
+ABSL_FLAG(int64_t, max_state_message_bytes, 0,
+          "largest gRPC message; 0: gRPC's 4 MiB, raised to fit ImportState/ExportState of one state "
+          "plus 4 MiB of history tokens");
 ABSL_FLAG(int, threads, 0, "CPU threads for the model (0: all cores)");
 ABSL_FLAG(int, drain_timeout_ms, 10000, "on SIGTERM/SIGINT, how long in-flight requests may run before cancel");
 
@@ -172,7 +184,10 @@ absl::Status CheckFlags() {
         at_least("max-prompt-tokens", absl::GetFlag(FLAGS_max_prompt_tokens), 1),
         at_least("max-tokens-cap", absl::GetFlag(FLAGS_max_tokens_cap), 1),
         at_least("step-token-budget", absl::GetFlag(FLAGS_step_token_budget), 1),
-        at_least("max-queue", absl::GetFlag(FLAGS_max_queue), 0), at_least("threads", absl::GetFlag(FLAGS_threads), 0),
+        at_least("max-queue", absl::GetFlag(FLAGS_max_queue), 0),
+        at_least("prefix-cache-interval", absl::GetFlag(FLAGS_prefix_cache_interval), 64),
+        at_least("session-ttl-s", absl::GetFlag(FLAGS_session_ttl_s), 1),
+        at_least("threads", absl::GetFlag(FLAGS_threads), 0),
         at_least("drain-timeout-ms", absl::GetFlag(FLAGS_drain_timeout_ms), 0)}) {
     if (!s.ok()) return s;
   }
@@ -247,6 +262,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   opts.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
   opts.max_prefill_chunk = std::min(opts.max_prefill_chunk, opts.step_token_budget);
   opts.max_queue = absl::GetFlag(FLAGS_max_queue);
+  opts.prefix_cache_bytes = std::max<int64_t>(0, absl::GetFlag(FLAGS_prefix_cache_bytes));
+  opts.prefix_cache_interval = absl::GetFlag(FLAGS_prefix_cache_interval);
+  opts.session_bytes = std::max<int64_t>(0, absl::GetFlag(FLAGS_session_bytes));
+  opts.session_ttl_ms = int64_t{1000} * absl::GetFlag(FLAGS_session_ttl_s);
   const int64_t state_bytes = m.backend->state_pool().layout().bytes_per_slot();
   // Metrics exist before the engine: it reports every step to step_metrics.
   m.metrics = std::make_unique<srv::ServingMetrics>(registry, ModelName(dir), srv::BuildInfo{.version = GDNSERVE_VERSION, .device = "cpu"});
@@ -287,7 +306,25 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   Log(absl::StrFormat("limits: max-prompt-tokens %d, max-tokens-cap %d, step-token-budget %d, max-queue %d, n <= %d",
                       opts.max_prompt_tokens, opts.max_tokens_cap, opts.step_token_budget, opts.max_queue,
                       m.serving.limits.max_n));
+  Log(absl::StrFormat("state reuse: prefix cache %.0f MB (every %d tokens), sessions %.0f MB (TTL %d s)",
+                      opts.prefix_cache_bytes / 1e6, opts.prefix_cache_interval, opts.session_bytes / 1e6,
+                      absl::GetFlag(FLAGS_session_ttl_s)));
   return m;
+}
+
+// The gRPC message limit: the flag, or gRPC's 4 MiB default raised so that a
+// state blob (ImportState / ExportState) of this model fits, with 4 MiB of
+// history tokens. Read before the model loads (the server listens first).
+int MaxMessageBytes(const std::string& model_dir) {
+  constexpr int64_t kGrpcDefault = 4 << 20;
+  int64_t bytes = absl::GetFlag(FLAGS_max_state_message_bytes);
+  if (bytes <= 0) {
+    bytes = kGrpcDefault;
+    if (absl::StatusOr<gdnserve::ModelConfig> c = gdnserve::LoadModelConfig(model_dir); c.ok()) {
+      bytes = std::max(bytes, gdnserve::StateLayout::ForConfig(*c).bytes_per_slot() + kGrpcDefault);
+    }
+  }
+  return static_cast<int>(std::min<int64_t>(bytes, std::numeric_limits<int>::max()));
 }
 
 void SetHealth(grpc::Server& server, bool serving) {
@@ -366,6 +403,9 @@ int main(int argc, char** argv) {
   // gRPC sets SO_REUSEPORT by default on Linux, which lets a second server
   // share the port silently; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  const int max_message = MaxMessageBytes(model_dir);
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
   builder.RegisterService(&service);
   for (grpc::Service* s : reflection.services()) builder.RegisterService(s);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

@@ -100,4 +100,27 @@ grpc::ServerUnaryReactor* GenerationService::GetModelInfo(grpc::CallbackServerCo
   return Done(ctx, grpc::Status::OK);
 }
 
+grpc::ServerUnaryReactor* GenerationService::ExportState(grpc::CallbackServerContext* ctx,
+                                                         const pb::ExportStateRequest* request,
+                                                         pb::ExportStateResponse* response) {
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
+  if (request->session_id().empty()) {
+    return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "session_id: must not be empty"));
+  }
+  absl::StatusOr<std::string> blob = model()->engine->ExportSession(request->session_id());
+  if (!blob.ok()) return Done(ctx, ToGrpcStatus(blob.status()));
+  response->set_state(*std::move(blob));
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* GenerationService::ImportState(grpc::CallbackServerContext* ctx,
+                                                         const pb::ImportStateRequest* request,
+                                                         pb::ImportStateResponse* response) {
+  if (grpc::Status s = Admit(*ctx); !s.ok()) return Done(ctx, s);
+  absl::StatusOr<int64_t> n = model()->engine->ImportSession(request->session_id(), request->state());
+  if (!n.ok()) return Done(ctx, ToGrpcStatus(n.status()));
+  response->set_num_tokens(*n);
+  return Done(ctx, grpc::Status::OK);
+}
+
 }  // namespace gdnserve::server

@@ -30,6 +30,10 @@ class GenerationService final : public pb::Generation::CallbackService {
                                        pb::DetokenizeResponse* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx, const pb::GetModelInfoRequest* request,
                                          pb::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* ExportState(grpc::CallbackServerContext* ctx, const pb::ExportStateRequest* request,
+                                        pb::ExportStateResponse* response) override;
+  grpc::ServerUnaryReactor* ImportState(grpc::CallbackServerContext* ctx, const pb::ImportStateRequest* request,
+                                        pb::ImportStateResponse* response) override;
 
  private:
   const ServingModel* model() const { return model_.load(std::memory_order_acquire); }

@@ -95,6 +95,14 @@ ServingMetrics::ServingMetrics(Registry& r, std::string_view model, const BuildI
       prompt_tokens_total(AddCounter(r, model, "gdnserve_prompt_tokens_total", "Number of prefill tokens processed.")),
       generation_tokens_total(
           AddCounter(r, model, "gdnserve_generation_tokens_total", "Number of generation tokens processed.")),
+      prefix_cache_queries_total(AddCounter(r, model, "gdnserve_prefix_cache_queries_total",
+                                            "Prompt tokens looked up in the prefix state cache.")),
+      prefix_cache_hits_total(AddCounter(r, model, "gdnserve_prefix_cache_hits_total",
+                                         "Prompt tokens restored from the prefix state cache.")),
+      prefix_cache_bytes(
+          AddGauge(r, model, "gdnserve_prefix_cache_bytes", "Host memory held by the prefix state cache.")),
+      sessions(AddGauge(r, model, "gdnserve_sessions", "Session snapshots stored.")),
+      session_bytes(AddGauge(r, model, "gdnserve_session_bytes", "Host memory held by session snapshots.")),
       build_info(AddBuildInfo(r, model, build)),
       model_name_(model),
       request_success_(metrics::BuildCounter()

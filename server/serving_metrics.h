@@ -62,6 +62,14 @@ class ServingMetrics {
   metrics::Counter& prompt_tokens_total;      // gdnserve_prompt_tokens_total
   metrics::Counter& generation_tokens_total;  // gdnserve_generation_tokens_total
 
+  // State reuse (issue 10), refreshed from EngineStats at scrape time. The
+  // prefix cache counts tokens, as vLLM's prefix_cache_queries/hits do.
+  metrics::Counter& prefix_cache_queries_total;  // gdnserve_prefix_cache_queries_total
+  metrics::Counter& prefix_cache_hits_total;     // gdnserve_prefix_cache_hits_total
+  metrics::Gauge& prefix_cache_bytes;            // gdnserve_prefix_cache_bytes
+  metrics::Gauge& sessions;                      // gdnserve_sessions
+  metrics::Gauge& session_bytes;                 // gdnserve_session_bytes
+
   // gdnserve_build_info{version, device, model_name} = 1.
   metrics::Gauge& build_info;
 

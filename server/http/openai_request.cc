@@ -314,7 +314,8 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(Endpoint endpoint, std::string_
   Json body;
   try {
     body = Json::parse(body_text.begin(), body_text.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
+    // parse_error, or out_of_range for a number that overflows a double (-1e999).
     // e.what(): "[json.exception.parse_error.101] parse error at line 1, ..."
     std::string what = e.what();
     if (size_t p = what.find("] "); p != std::string::npos) what = what.substr(p + 2);
@@ -369,6 +370,16 @@ absl::StatusOr<OpenAIRequest> ParseOpenAIRequest(Endpoint endpoint, std::string_
     }
   }
   if (const Json* u = Field(body, "user"); u != nullptr && !u->is_string()) return WrongType("user", "a string", *u);
+  if (const Json* sid = Field(body, "session_id"); sid != nullptr) {
+    if (!sid->is_string()) return WrongType("session_id", "a string", *sid);
+    r.session_id = sid->get<std::string>();
+    if (r.session_id.size() > 256) return Bad("session_id", "at most 256 bytes");
+  }
+  if (s = OptBool(body, "session_continue", &r.session_continue); !s.ok()) return s;
+  if (r.session_continue && r.session_id.empty()) return Bad("session_continue", "needs a session_id");
+  if (r.session_continue && r.endpoint == Endpoint::kChatCompletions) {
+    return Bad("session_continue", "is for /v1/completions; chat sends the whole conversation with session_id");
+  }
   if (s = RejectUnsupported(body, r); !s.ok()) return s;
   return r;
 }
@@ -382,7 +393,7 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const OpenAIRequest& r, co
   if (r.endpoint == Endpoint::kChatCompletions) {
     g.prompt = tokenizer.Encode(chat_template.Render(r.messages), /*add_bos=*/true);
   } else if (r.prompt_is_text) {
-    g.prompt = tokenizer.Encode(r.prompt_text, /*add_bos=*/true);
+    g.prompt = tokenizer.Encode(r.prompt_text, /*add_bos=*/!r.session_continue);
   } else {
     if (absl::Status s = tokenizer.CheckIds(r.prompt_ids); !s.ok()) {
       return Bad("prompt", std::string(s.message()));
@@ -402,6 +413,8 @@ absl::StatusOr<GenerationRequest> ToGenerationRequest(const OpenAIRequest& r, co
   g.sampling = r.sampling;
   g.stop = r.stop;
   g.n = r.n;
+  g.session_id = r.session_id;
+  g.session_continue = r.session_continue;
   return g;
 }
 

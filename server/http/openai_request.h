@@ -56,6 +56,12 @@ struct OpenAIRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   int logprobs = -1;           // alternatives to report per token; -1: no logprobs
+  // gdnserve extension (README "Reusing state"): the engine's session_id.
+  // Chat and completions send the whole history (a stored session that is a
+  // prefix of the tokenized prompt saves its re-prefill); completions may set
+  // session_continue to send only the new prompt (no BOS), appended to the session.
+  std::string session_id;
+  bool session_continue = false;
 };
 
 // Parses and validates a request body. InvalidArgument messages start with

@@ -1,6 +1,7 @@
 #include "server/http/request_metrics.h"
 
 #include <chrono>
+#include <mutex>
 
 namespace gdnserve::server {
 namespace {
@@ -69,6 +70,16 @@ void RefreshEngineGauges(ServingMetrics& m, const EngineStats& s) {
   m.num_requests_waiting.Set(s.requests_waiting);
   m.state_slots_used.Set(s.slots_used);
   m.state_slots_total.Set(s.slots_total);
+  m.prefix_cache_bytes.Set(static_cast<double>(s.prefix_cache_bytes));
+  m.sessions.Set(static_cast<double>(s.sessions));
+  m.session_bytes.Set(static_cast<double>(s.session_bytes));
+  // The engine's totals are cumulative: add what is new since the last scrape.
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  m.prefix_cache_queries_total.Increment(static_cast<double>(s.prefix_cache_query_tokens) -
+                                         m.prefix_cache_queries_total.Value());
+  m.prefix_cache_hits_total.Increment(static_cast<double>(s.prefix_cache_hit_tokens) -
+                                      m.prefix_cache_hits_total.Value());
 }
 
 }  // namespace gdnserve::server

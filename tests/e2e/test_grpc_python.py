@@ -95,7 +95,8 @@ def test_health_reflection_and_stream(server, stubs):
         # The descriptor of the service and its messages come through reflection too.
         pool = DescriptorPool(reflection)
         methods = {m.name for m in pool.FindServiceByName("gdnserve.v1.Generation").methods}
-        assert methods == {"Generate", "Complete", "Tokenize", "Detokenize", "GetModelInfo"}
+        assert methods == {"Generate", "Complete", "Tokenize", "Detokenize", "GetModelInfo", "ExportState",
+                           "ImportState"}
 
         stub = pb_grpc.GenerationStub(channel)
         request = pb.GenerateRequest(

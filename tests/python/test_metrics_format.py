@@ -74,6 +74,12 @@ EXPECTED_TYPES = {
     "gdnserve_request_success_total": "counter",
     "gdnserve_request_errors_total": "counter",
     "gdnserve_build_info": "gauge",
+    # State reuse (issue 10): refreshed from the engine at scrape time, 0 in the dump.
+    "gdnserve_prefix_cache_queries_total": "counter",
+    "gdnserve_prefix_cache_hits_total": "counter",
+    "gdnserve_prefix_cache_bytes": "gauge",
+    "gdnserve_sessions": "gauge",
+    "gdnserve_session_bytes": "gauge",
 }
 
 # Text format 0.0.4, the shapes this exporter writes.
