@@ -58,6 +58,7 @@ struct Engine::Group {
   bool from_session = false;  // restored from a session (decode steps ran: not a cold prefill's state)
   std::vector<float> prompt_logits;  // want_prompt_logits, until delivered
   bool cancel = false;
+  absl::Status error;  // non-OK: the request ends failed (e.g. its deadline passed)
   int completion_tokens = 0;
   RequestTimes times;
 
@@ -326,10 +327,17 @@ bool Engine::Step() {
     return cancel_all || g.cancel || now > g.req.deadline ||
            std::find(cancels.begin(), cancels.end(), g.handle) != cancels.end();
   };
+  // A request ended at or past its deadline failed, whoever noticed first
+  // (the engine's clock here, or the front end's cancel): the client sees
+  // DEADLINE_EXCEEDED and the metrics count an error, not a success.
+  auto cancel_group = [&](Group& g) {
+    for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
+    if (now >= g.req.deadline && g.error.ok()) g.error = absl::DeadlineExceededError("deadline exceeded");
+  };
   std::vector<std::unique_ptr<Group>> done;
   for (auto it = waiting_groups_.begin(); it != waiting_groups_.end();) {
     if (should_cancel(**it)) {
-      for (Sample& s : (*it)->samples) Finish(s, FinishReason::kCancelled);
+      cancel_group(**it);
       done.push_back(std::move(*it));
       it = waiting_groups_.erase(it);
     } else {
@@ -337,9 +345,7 @@ bool Engine::Step() {
     }
   }
   for (auto& g : running_) {
-    if (should_cancel(*g)) {
-      for (Sample& s : g->samples) Finish(s, FinishReason::kCancelled);
-    }
+    if (should_cancel(*g)) cancel_group(*g);
   }
 
   // 2. Plan the step.
@@ -474,6 +480,8 @@ bool Engine::Step() {
     if (in_batch && !status.ok()) {
       errors[i] = status;
       for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
+    } else if (!g.error.ok()) {
+      errors[i] = g.error;
     }
     Sample& s0 = g.samples[0];
     if (!g.req.session_id.empty() && s0.finished() && s0.slot >= 0 && s0.finish != FinishReason::kCancelled &&
@@ -525,7 +533,7 @@ bool Engine::Step() {
     if (!o.samples.empty() || finished) g.sink->OnOutput(std::move(o));
   };
   for (size_t i = 0; i < running_.size(); ++i) deliver(*running_[i], errors[i]);
-  for (auto& g : done) deliver(*g, absl::OkStatus());
+  for (auto& g : done) deliver(*g, g->error);
   running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& g) { return g->finished(); }),
                  running_.end());
   wake_.notify_all();  // Shutdown waits for the engine to drain
