@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -113,9 +114,35 @@ LeadInfo ClassifyLead(uint8_t b0) {
   return {0, 0, 0};
 }
 
+bool IsWellFormedUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const LeadInfo lead = ClassifyLead(static_cast<uint8_t>(s[i]));
+    if (lead.length == 0 || i + lead.length > s.size()) return false;
+    for (int k = 1; k < lead.length; ++k) {
+      const auto b = static_cast<uint8_t>(s[i + k]);
+      const uint8_t lo = k == 1 ? lead.second_lo : 0x80, hi = k == 1 ? lead.second_hi : 0xBF;
+      if (b < lo || b > hi) return false;
+    }
+    i += lead.length;
+  }
+  return true;
+}
+
 }  // namespace
 
 Tokenizer::~Tokenizer() = default;
+
+std::string Tokenizer::TokenDisplayText(int32_t id) const {
+  const std::string_view bytes = TokenBytes(id);
+  if (IsWellFormedUtf8(bytes)) return std::string(bytes);
+  std::string out;
+  for (char c : bytes) {
+    char buf[8];
+    std::snprintf(buf, sizeof(buf), "<0x%02X>", static_cast<unsigned char>(c));
+    out += buf;
+  }
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
   std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());

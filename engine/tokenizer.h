@@ -69,6 +69,10 @@ class Tokenizer {
   // UTF-8. The view lives as long as the Tokenizer.
   std::string_view TokenBytes(int32_t id) const;
 
+  // TokenBytes as text to show a person (logprobs, tokenize responses):
+  // the bytes when they are valid UTF-8, else each byte as "<0xAB>".
+  std::string TokenDisplayText(int32_t id) const;
+
  private:
   friend class IncrementalDetokenizer;
 

@@ -20,25 +20,6 @@ absl::Status Prefixed(absl::string_view prefix, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
 }
 
-bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
-    for (int k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc >> 6) != 0x2) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
-}
 
 void AppendLogprobs(const SampleDelta& in, const Tokenizer& tok,
                     google::protobuf::RepeatedPtrField<pb::TokenLogprob>* out) {
@@ -170,13 +151,7 @@ void AppendDelta(const SampleDelta& in, const Tokenizer& tokenizer, pb::Sample* 
   if (in.finish != FinishReason::kNone) out->set_finish_reason(ToProto(in.finish));
 }
 
-std::string PieceText(const Tokenizer& tokenizer, int32_t id) {
-  const std::string_view bytes = tokenizer.TokenBytes(id);
-  if (IsValidUtf8(bytes)) return std::string(bytes);
-  std::string out;
-  for (char c : bytes) absl::StrAppendFormat(&out, "<0x%02X>", static_cast<unsigned char>(c));
-  return out;
-}
+std::string PieceText(const Tokenizer& tokenizer, int32_t id) { return tokenizer.TokenDisplayText(id); }
 
 absl::StatusOr<std::string> RequestIdFor(const pb::GenerateRequest& in, const RequestLimits& limits) {
   if (!in.request_id().empty()) {

@@ -16,24 +16,6 @@ using Json = nlohmann::ordered_json;
 // characters); replace keeps a bug from turning into an exception.
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
-bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
-    for (int k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc >> 6) != 0x2) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
-}
 
 // JSON has no -inf; vLLM reports impossible tokens as -9999.0 too.
 double Logprob(float v) { return std::isfinite(v) ? static_cast<double>(v) : -9999.0; }
@@ -57,13 +39,13 @@ Json CompletionLogprobs(const ChoiceDelta& d, int k, const Tokenizer& tok) {
   Json tokens = Json::array(), token_logprobs = Json::array(), top = Json::array(), offsets = Json::array();
   for (size_t i = 0; i < d.logprobs.size(); ++i) {
     const TokenLogprobs& lp = d.logprobs[i];
-    tokens.push_back(TokenText(tok, lp.token));
+    tokens.push_back(tok.TokenDisplayText(lp.token));
     token_logprobs.push_back(Logprob(lp.logprob));
     Json alts = Json::object();
     for (size_t j = 0; j < lp.top.size() && static_cast<int>(j) < k; ++j) {
-      alts[TokenText(tok, lp.top[j].token)] = Logprob(lp.top[j].logprob);
+      alts[tok.TokenDisplayText(lp.top[j].token)] = Logprob(lp.top[j].logprob);
     }
-    alts[TokenText(tok, lp.token)] = Logprob(lp.logprob);
+    alts[tok.TokenDisplayText(lp.token)] = Logprob(lp.logprob);
     top.push_back(std::move(alts));
     offsets.push_back(i < d.text_offsets.size() ? d.text_offsets[i] : 0);
   }
@@ -76,11 +58,11 @@ Json ChatLogprobs(const ChoiceDelta& d, int k, const Tokenizer& tok) {
   for (const TokenLogprobs& lp : d.logprobs) {
     Json top = Json::array();
     for (size_t j = 0; j < lp.top.size() && static_cast<int>(j) < k; ++j) {
-      top.push_back(Json{{"token", TokenText(tok, lp.top[j].token)},
+      top.push_back(Json{{"token", tok.TokenDisplayText(lp.top[j].token)},
                          {"logprob", Logprob(lp.top[j].logprob)},
                          {"bytes", Bytes(tok, lp.top[j].token)}});
     }
-    content.push_back(Json{{"token", TokenText(tok, lp.token)},
+    content.push_back(Json{{"token", tok.TokenDisplayText(lp.token)},
                            {"logprob", Logprob(lp.logprob)},
                            {"bytes", Bytes(tok, lp.token)},
                            {"top_logprobs", std::move(top)}});
@@ -197,13 +179,6 @@ std::string_view OpenAIFinishReason(FinishReason reason) {
   return "";
 }
 
-std::string TokenText(const Tokenizer& tokenizer, int32_t id) {
-  const std::string_view bytes = tokenizer.TokenBytes(id);
-  if (IsValidUtf8(bytes)) return std::string(bytes);
-  std::string out;
-  for (char c : bytes) out += absl::StrFormat("<0x%02X>", static_cast<unsigned char>(c));
-  return out;
-}
 
 ChoiceAssembler::ChoiceAssembler(int index, bool strip_leading_space, bool keep_total)
     : strip_(strip_leading_space), keep_total_(keep_total) {

@@ -40,10 +40,6 @@ std::string ErrorBody(const ApiError& error);
 // cancelled request (vLLM's word); null while running.
 std::string_view OpenAIFinishReason(FinishReason reason);
 
-// A token's text for logprobs: its bytes when they are valid UTF-8, else
-// "<0xAB>" per byte (as the gRPC API and SentencePiece name byte pieces).
-std::string TokenText(const Tokenizer& tokenizer, int32_t id);
-
 // The new output of one choice, or (ChoiceAssembler::total) all of it.
 struct ChoiceDelta {
   int index = 0;

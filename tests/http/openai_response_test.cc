@@ -150,7 +150,7 @@ TEST_F(ResponseTest, Logprobs) {
   // Completions: top_logprobs is a map of the k alternatives plus the chosen token.
   Json j = Json::parse(CompletionBody(Meta(Endpoint::kCompletions, 1), {c}, {1, 1}, *tok_));
   const Json& lp = j["choices"][0]["logprobs"];
-  const std::string name = TokenText(*tok_, byte);
+  const std::string name = tok_->TokenDisplayText(byte);
   EXPECT_EQ(name.substr(0, 3), "<0x");  // a lone high byte is not UTF-8
   EXPECT_EQ(lp["tokens"], Json::array({name}));
   EXPECT_EQ(lp["token_logprobs"][0], -9999.0);  // -inf is not JSON
