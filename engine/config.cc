@@ -189,14 +189,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / "config.json").string();
-  std::error_code error;
-  std::ifstream file;
-  if (std::filesystem::is_regular_file(path, error)) file.open(path, std::ios::binary);
-  if (!file.is_open()) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  absl::StatusOr<ModelConfig> config = ParseModelConfig(text.str());
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) return text.status();
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(*text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(dir, "/", config.status().message()));
   }

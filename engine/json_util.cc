@@ -1,6 +1,9 @@
 #include "engine/json_util.h"
 
+#include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +11,17 @@
 namespace gdnserve {
 
 using Json = nlohmann::json;
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::error_code error;
+  std::ifstream file;
+  if (std::filesystem::is_regular_file(path, error)) file.open(path, std::ios::binary);
+  if (!file.is_open()) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
+  return text.str();
+}
 
 std::string DescribeJson(const Json& value) {
   if (value.is_array()) return "an array";

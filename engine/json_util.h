@@ -17,6 +17,10 @@ namespace gdnserve {
 // Messages start with `what` and name the repeated key.
 absl::StatusOr<nlohmann::json> ParseJsonObject(std::string_view text, absl::string_view what);
 
+// The whole of a regular file. NotFound (naming the path) when it is missing
+// or not a regular file, DataLoss on a read error.
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
+
 // A JSON value for an error message: scalars as written (long strings cut
 // short), containers by kind. Never throws, even on bad UTF-8.
 std::string DescribeJson(const nlohmann::json& value);

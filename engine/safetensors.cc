@@ -54,16 +54,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 }
 
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::error_code error;
-  std::ifstream file;
-  if (std::filesystem::is_regular_file(path, error)) file.open(path, std::ios::binary);
-  if (!file.is_open()) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  return text.str();
-}
 
 std::optional<DType> ParseDType(std::string_view name) {
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -356,7 +346,7 @@ namespace {
 absl::StatusOr<std::vector<SafetensorsFile>> OpenIndexedShards(const std::string& dir,
                                                                const std::string& index) {
   namespace fs = std::filesystem;
-  absl::StatusOr<std::string> text = ReadFile(index);
+  absl::StatusOr<std::string> text = ReadWholeFile(index);
   if (!text.ok()) return text.status();
   absl::StatusOr<Json> json = ParseJsonObject(*text, index);
   if (!json.ok()) return json.status();

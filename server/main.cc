@@ -36,6 +36,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
+#include "engine/json_util.h"
 #include "engine/weights.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -217,12 +218,6 @@ std::shared_future<int> WatchSignals() {
   return future;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError("cannot read " + path);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 std::string ModelName(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   return dir.substr(dir.find_last_of('/') + 1);
@@ -387,7 +382,7 @@ int main(int argc, char** argv) {
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
       !cert.empty() || !key.empty()) {
-    absl::StatusOr<std::string> cert_pem = ReadFile(cert), key_pem = ReadFile(key);
+    absl::StatusOr<std::string> cert_pem = gdnserve::ReadWholeFile(cert), key_pem = gdnserve::ReadWholeFile(key);
     if (cert.empty() || key.empty()) return Fail("TLS: --tls-cert and --tls-key go together");
     if (!cert_pem.ok()) return Fail("TLS: --tls-cert: " + std::string(cert_pem.status().message()));
     if (!key_pem.ok()) return Fail("TLS: --tls-key: " + std::string(key_pem.status().message()));
