@@ -64,6 +64,23 @@ SampleResult SequenceSampler::Sample(absl::Span<const float> logits) {
   int32_t chosen;
   if (params_.greedy()) {
     chosen = static_cast<int32_t>(std::max_element(x, x + n) - x);  // first maximum on ties
+  } else if ((params_.top_k <= 0 || params_.top_k >= n) && params_.top_p >= 1.0f && params_.min_p <= 0.0f) {
+    // Plain temperature sampling: no truncation, so no sort (O(vocab)).
+    const double inv_t = 1.0 / params_.temperature;
+    const double mx = *std::max_element(x, x + n);
+    probs_.resize(n);
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i) sum += probs_[i] = std::exp((x[i] - mx) * inv_t);
+    const double r = std::uniform_real_distribution<double>(0.0, sum)(rng_);
+    double acc = 0.0;
+    chosen = n - 1;
+    for (int i = 0; i < n; ++i) {
+      acc += probs_[i];
+      if (r < acc) {
+        chosen = i;
+        break;
+      }
+    }
   } else {
     // Candidates sorted by logit, cut by top-k, then turned into probabilities.
     order_.resize(n);

@@ -58,6 +58,7 @@ class SequenceSampler {
   std::vector<uint8_t> seen_mask_;
   std::vector<float> work_;
   std::vector<int32_t> order_;
+  std::vector<double> probs_;
 };
 
 // log softmax of row at index; used for logprobs and perplexity.

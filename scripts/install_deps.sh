@@ -12,6 +12,7 @@ PKGS=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcpp-httplib-dev libssl-dev zlib1g-dev
   python3-venv base-files curl openssl
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -132,8 +132,11 @@ TEST_P(ModelTest, PackedBatchEqualsOneByOne) {
   ASSERT_TRUE(backend_->Forward(batch, &out).ok());
   for (int i = 0; i < S; ++i) {
     std::vector<float> got(out.Row(out.first_row[i]), out.Row(out.first_row[i + 1]));
-    EXPECT_LE(RelErr(got, alone_logits[i]), 1e-5) << "sequence " << i;
-    EXPECT_LE(RelErr(SlotState(packed_slot[i]), alone_state[i]), 1e-5) << "sequence " << i;
+    // A packed batch has more rows, so the linear layers take other BLAS
+    // kernels (other summation orders) than the lone sequence: float32
+    // rounding, up to ~1.2e-5 seen on the bf16 grouped-value-head model.
+    EXPECT_LE(RelErr(got, alone_logits[i]), 5e-5) << "sequence " << i;
+    EXPECT_LE(RelErr(SlotState(packed_slot[i]), alone_state[i]), 5e-5) << "sequence " << i;
   }
   for (int s : packed_slot) ASSERT_TRUE(pool.Release(s).ok());
   EXPECT_TRUE(pool.CheckInvariants().ok());

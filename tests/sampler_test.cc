@@ -114,6 +114,26 @@ TEST(Sampler, FrequenciesFollowSoftmaxAndTruncations) {
   EXPECT_EQ(counts[4] + counts[5], 0) << "top_k=4 must never pick tokens 4, 5";
 }
 
+TEST(Sampler, PlainTemperatureFollowsSoftmax) {
+  // No truncation: the sampler skips sorting; the distribution must not change.
+  const std::vector<float> logits = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -3.0f};
+  SamplingParams p;
+  p.temperature = 1.3f;
+  p.has_seed = true;
+  p.seed = testing::TestSeed();
+  SequenceSampler s(p, {});
+  const int draws = 40000;
+  std::vector<int> counts(logits.size());
+  for (int i = 0; i < draws; ++i) ++counts[s.Sample(logits).token];
+  double z = 0;
+  for (float l : logits) z += std::exp(l / 1.3);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double expect = std::exp(logits[i] / 1.3) / z;
+    EXPECT_NEAR(counts[i] / static_cast<double>(draws), expect, 5 * std::sqrt(expect * (1 - expect) / draws))
+        << "token " << i;
+  }
+}
+
 TEST(Sampler, MinPDropsUnlikelyTokens) {
   const std::vector<float> logits = {3.0f, 2.9f, 0.0f, -2.0f};
   SamplingParams p;
