@@ -192,8 +192,10 @@ void ServeGeneration(Endpoint endpoint, const httplib::Request& req, httplib::Re
   absl::StatusOr<OpenAIRequest> parsed = ParseOpenAIRequest(endpoint, req.body, model.limits);
   if (!parsed.ok()) return fail(parsed.status());
   if (!parsed->model.empty() && parsed->model != model.name) {
-    RecordRejected(model.metrics, absl::StatusCode::kNotFound);
-    return SendError(res, MakeApiError(404,
+    RecordRejected(model.metrics, absl::StatusCode::kInvalidArgument);
+    // 400 naming the field, as for any other bad value (GET /v1/models/{id}
+    // of an unknown model is a 404: there the model is the resource).
+    return SendError(res, MakeApiError(400,
                                        "model: the model `" + parsed->model + "` does not exist; this server serves `" +
                                            model.name + "`",
                                        "model_not_found", "model"));

@@ -167,7 +167,7 @@ def test_chat_logprobs_streamed_and_whole(server):
 
 def test_client_errors(server):
     client = server.openai()
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="gpt-4", prompt="x", max_tokens=1)
     err = e.value.response.json()["error"]
     assert err["code"] == "model_not_found" and err["param"] == "model" and "gpt-4" in err["message"]
