@@ -66,6 +66,8 @@ ABSL_FLAG(int64_t, max_header_bytes, gdnserve::server::http::HttpOptions().max_h
 ABSL_FLAG(int, http_max_connections, gdnserve::server::http::HttpOptions().max_connections,
           "HTTP connections served at once (worker threads)");
 ABSL_FLAG(std::string, chat_template, "", "chat template JSON (default: MODEL/chat_template.json, else built in)");
+ABSL_FLAG(int, grpc_max_streams_per_connection, 256,
+          "concurrent gRPC streams one client connection may have open (more wait in the client); 0: no limit");
 ABSL_FLAG(std::string, log_format, "text", "log lines as text or json (one JSON object per line)");
 ABSL_FLAG(int, max_seqs, 16, "state slots: sequences decoded at once (each sample of n > 1 takes one)");
 ABSL_FLAG(int, max_prompt_tokens, gdnserve::EngineOptions().max_prompt_tokens, "longest prompt in tokens");
@@ -398,6 +400,11 @@ int main(int argc, char** argv) {
   // gRPC sets SO_REUSEPORT by default on Linux, which lets a second server
   // share the port silently; a port in use must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // One connection cannot take the whole queue: HTTP/2 makes its extra
+  // streams wait in the client until earlier ones end.
+  if (const int streams = absl::GetFlag(FLAGS_grpc_max_streams_per_connection); streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, streams);
+  }
   const int max_message = MaxMessageBytes(model_dir);
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);

@@ -160,9 +160,10 @@ TEST(Limits, OversizedGrpcMessageIsRejectedAndServerKeepsServing) {
 }
 
 TEST(Limits, ManyStreamsOnOneConnectionAllComplete) {
-  // No GRPC_ARG_MAX_CONCURRENT_STREAMS is set: every stream is admitted to
-  // the engine's queue (bounded by --max-queue, covered in e2e grpc_load).
-  auto server = StartOrFail({"--threads", "1", "--max-seqs", "16", "--max-queue", "512"});
+  // With the per-connection cap off every stream is admitted to the engine's
+  // queue (bounded by --max-queue, covered in e2e grpc_load).
+  auto server = StartOrFail({"--threads", "1", "--max-seqs", "16", "--max-queue", "512",
+                             "--grpc-max-streams-per-connection", "0"});
   ASSERT_NE(server, nullptr);
   constexpr int kStreams = 200;
   std::vector<CallResult> results(kStreams);
@@ -177,6 +178,40 @@ TEST(Limits, ManyStreamsOnOneConnectionAllComplete) {
     EXPECT_EQ(r.samples.at(0).tokens.size(), 4u);
   }
   EXPECT_TRUE(e2e::WaitIdle(server->stub(), milliseconds(10000)).has_value());
+}
+
+TEST(Limits, StreamsPerConnectionAreCapped) {
+  // --grpc-max-streams-per-connection 2: of 5 long streams on one connection
+  // only 2 reach the server at a time; the rest wait in the client and run
+  // as the first ones end.
+  auto server = StartOrFail({"--threads", "1", "--max-seqs", "8", "--grpc-max-streams-per-connection", "2"});
+  ASSERT_NE(server, nullptr);
+  // A second connection to watch the server while the first is saturated.
+  auto watch_channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  auto watch = e2e::pb::Generation::NewStub(watch_channel);
+  constexpr int kStreams = 5;
+  std::vector<CallResult> results(kStreams);
+  {
+    e2e::ClientThreads clients;
+    for (int i = 0; i < kStreams; ++i) {
+      clients.Add([&, i] {
+        results[i] = e2e::RunStream(server->stub(), e2e::GreedyRequest("capped " + std::to_string(i), 400));
+      });
+    }
+    ASSERT_TRUE(e2e::WaitFor(*watch, [](const e2e::pb::ModelInfo& m) { return m.requests_running() == 2; },
+                             milliseconds(10000)));
+    // Held at two for a while: the others never reach the engine's queue.
+    for (int i = 0; i < 50; ++i) {
+      e2e::pb::ModelInfo info;
+      ASSERT_TRUE(e2e::GetInfo(*watch, &info).ok());
+      ASSERT_LE(info.requests_running() + info.requests_waiting(), 2);
+      std::this_thread::sleep_for(milliseconds(2));
+    }
+  }
+  for (const CallResult& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.samples.at(0).tokens.size(), 400u);
+  }
 }
 
 TEST(Isolation, ConcurrentSeededSamplesEqualSoloRuns) {
