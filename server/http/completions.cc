@@ -169,6 +169,12 @@ void InFlight::Add(Engine* engine, uint64_t handle) {
 void InFlight::Remove(uint64_t handle) {
   std::lock_guard<std::mutex> lock(mu_);
   handles_.erase(handle);
+  if (handles_.empty()) empty_.notify_all();
+}
+
+bool InFlight::WaitEmpty(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return empty_.wait_for(lock, timeout, [this] { return handles_.empty(); });
 }
 
 void InFlight::CancelAll() {

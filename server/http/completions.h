@@ -17,6 +17,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -58,9 +60,13 @@ class InFlight {
   void Add(Engine* engine, uint64_t handle);
   void Remove(uint64_t handle);
   void CancelAll();
+  // Waits until every request has been removed (its last bytes written or
+  // its client gone), at most `timeout`; false on timeout.
+  bool WaitEmpty(std::chrono::milliseconds timeout);
 
  private:
   std::mutex mu_;
+  std::condition_variable empty_;
   std::unordered_map<uint64_t, Engine*> handles_ ABSL_GUARDED_BY(mu_);
   bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
 };

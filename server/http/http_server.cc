@@ -197,6 +197,9 @@ absl::Status HttpServer::Start(const std::string& host, int port) {
 void HttpServer::Stop() {
   if (impl_ == nullptr) return;
   in_flight_.CancelAll();
+  // Let cancelled streams write their last event and [DONE] before the
+  // sockets close (bounded: a stuck client cannot hold the shutdown).
+  in_flight_.WaitEmpty(std::chrono::seconds(3));
   impl_->server->stop();
   if (listener_.joinable()) listener_.join();  // joins the workers too (the task queue's shutdown)
   impl_.reset();
