@@ -2,7 +2,9 @@
 # Builds the CPU tree with sanitizers in its own build dir and runs a ctest
 # subset chosen to fit CI's budget (timings on 2 cores in tests/RELIABILITY.md).
 #   scripts/sanitize.sh asan [extra ctest args]   ASan+UBSan: unit + e2e tests
-#   scripts/sanitize.sh tsan [extra ctest args]   TSan: engine, scheduler, state pool
+#   scripts/sanitize.sh tsan [extra ctest args]   TSan: engine, scheduler, state pool,
+#       state cache, metrics, and the HTTP front end (the pytest suite against
+#       http_test_server, which links no gRPC)
 # Environment: CXX/CC pick the compiler (default g++/gcc); JOBS (default nproc);
 # EXCLUDE, a ctest regex of more tests to skip (e.g. known failures).
 set -euo pipefail
@@ -16,6 +18,8 @@ export CC=${CC:-gcc} CXX=${CXX:-g++}
 python=$root/.venv/bin/python
 [[ -x $python ]] || python=$(command -v python3)
 
+extra_cmake=()
+report_dir=
 case $kind in
   asan)
     flags="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
@@ -32,14 +36,25 @@ case $kind in
     ;;
   tsan)
     flags="-O1 -g -fno-omit-frame-pointer -fsanitize=thread"
-    # gRPC e2e tests are out: Debian's gRPC/Abseil are not instrumented
-    # (tests/sanitizers/tsan.supp says why).
-    ctest_select=(-R '^(gen_test_models|engine_test|scheduler_test|state_pool_test)$')
+    # Everything that links no gRPC: Debian's gRPC/Abseil are not instrumented
+    # (tests/sanitizers/tsan.supp says why), so gdnserve and the gRPC e2e,
+    # soak and fault tests are out. The HTTP front end runs in
+    # http_test_server (engine + HttpServer, no gRPC) under the whole pytest
+    # suite: overload/429, disconnect cancels, SIGTERM drain, parallel streams.
+    tsan_targets=(engine_test scheduler_test state_pool_test state_cache_test metrics_test http_unit_test
+                  http_test_server)
+    ctest_select=(-R '^(gen_test_models|engine_test|scheduler_test|state_pool_test|state_cache_test|metrics_test|http_unit_test|http_api_tests_test_server)$')
     [[ -z ${EXCLUDE:-} ]] || ctest_select+=(-E "$EXCLUDE")
+    extra_cmake=(-DGDNSERVE_HTTP_SUITE_TEST_SERVER=ON)
     # libgomp is not TSan-aware: one OpenMP thread keeps its barriers out of
     # the picture (the engine's own threads are what we test here).
     export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/sanitizers/tsan.supp}
+    # Reports go to files that are checked below, so a report fails the run
+    # even from a process whose exit code nobody checks (a server the pytest
+    # suite expects to fail, or kills). halt_on_error: the process exits 66 at
+    # its first report, which also fails its test.
+    report_dir=$root/$dir/tsan-reports
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/sanitizers/tsan.supp:log_path=$report_dir/tsan}
     ;;
   *) echo "unknown sanitizer '$kind' (asan|tsan)" >&2; exit 2 ;;
 esac
@@ -48,16 +63,22 @@ t0=$(date +%s)
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_C_FLAGS="$flags" \
   -DCMAKE_EXE_LINKER_FLAGS="${flags/-O1 -g /}" -DCMAKE_SHARED_LINKER_FLAGS="${flags/-O1 -g /}" \
-  -DGDNSERVE_CUDA=OFF -DGDNSERVE_BENCH=OFF -DGDNSERVE_PYTHON="$python" > /dev/null
+  -DGDNSERVE_CUDA=OFF -DGDNSERVE_BENCH=OFF -DGDNSERVE_PYTHON="$python" "${extra_cmake[@]}" > /dev/null
 if [[ $kind == tsan ]]; then
   # Only what the subset runs.
-  cmake --build "$dir" -j "$jobs" --target engine_test scheduler_test state_pool_test
+  cmake --build "$dir" -j "$jobs" --target "${tsan_targets[@]}"
 else
   cmake --build "$dir" -j "$jobs"
 fi
 t1=$(date +%s)
 rc=0
+[[ -z $report_dir ]] || { rm -rf "$report_dir"; mkdir -p "$report_dir"; }
 ctest --test-dir "$dir" -j "$jobs" --output-on-failure --timeout 600 "${ctest_select[@]}" "$@" || rc=$?
 t2=$(date +%s)
+if [[ -n $report_dir ]] && compgen -G "$report_dir/*" > /dev/null; then
+  for f in "$report_dir"/*; do echo "== $f"; cat "$f"; done
+  echo "sanitize[$kind]: sanitizer reports above ($report_dir)" >&2
+  rc=1
+fi
 echo "sanitize[$kind]: build $((t1 - t0)) s, tests $((t2 - t1)) s, ctest rc=$rc"
 exit $rc
