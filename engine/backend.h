@@ -34,6 +34,11 @@ struct ForwardOutput {
   const float* Last(size_t piece) const { return Row(first_row[piece + 1] - 1); }
 };
 
+// Checks a batch against a pool and vocabulary: every slot in use and used
+// once, every piece non-empty, every token id in range; InvalidArgument naming
+// the piece otherwise. Backends call it before touching any state.
+absl::Status ValidateBatch(absl::Span<const SeqPiece> batch, const StatePool& pool, int vocab_size);
+
 class Backend {
  public:
   virtual ~Backend() = default;

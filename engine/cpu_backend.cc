@@ -34,7 +34,6 @@ class CpuBackend final : public Backend {
   absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) override;
 
  private:
-  absl::Status Validate(absl::Span<const SeqPiece> batch) const;
   void Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T);
   void Mlp(int layer, int64_t T);
 
@@ -48,31 +47,8 @@ class CpuBackend final : public Backend {
   std::vector<float> x_, h_, proj_out_, qkv_, f_, z_, b_, w_, o_, mlp_;
 };
 
-absl::Status CpuBackend::Validate(absl::Span<const SeqPiece> batch) const {
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const SeqPiece& p = batch[i];
-    if (!pool_.InUse(p.slot)) {
-      return absl::InvalidArgumentError(absl::StrFormat("piece %d: state slot %d is not in use", i, p.slot));
-    }
-    if (p.tokens.empty()) return absl::InvalidArgumentError(absl::StrFormat("piece %d: no tokens", i));
-    for (size_t j = 0; j < p.tokens.size(); ++j) {
-      if (p.tokens[j] < 0 || p.tokens[j] >= cfg_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "piece %d: token id %d at position %d is outside the vocabulary [0, %d)", i, p.tokens[j], j,
-            cfg_.vocab_size));
-      }
-    }
-    for (size_t k = 0; k < i; ++k) {
-      if (batch[k].slot == p.slot) {
-        return absl::InvalidArgumentError(absl::StrFormat("pieces %d and %d share state slot %d", k, i, p.slot));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CpuBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
-  if (absl::Status s = Validate(batch); !s.ok()) return s;
+  if (absl::Status s = ValidateBatch(batch, pool_, cfg_.vocab_size); !s.ok()) return s;
   const int64_t d = cfg_.hidden_size;
   piece_start_.assign(batch.size() + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) piece_start_[i + 1] = piece_start_[i] + batch[i].tokens.size();

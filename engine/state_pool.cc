@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 
@@ -24,6 +25,12 @@ StatePool::StatePool(const StateLayout& layout, int num_slots)
   for (int s = num_slots - 1; s >= 0; --s) free_.push_back(s);
 }
 
+StatePool::StatePool(const StateLayout& layout, int num_slots, SlotStorageOps external)
+    : layout_(layout), external_(std::move(external)), in_use_(num_slots, false) {
+  free_.reserve(num_slots);
+  for (int s = num_slots - 1; s >= 0; --s) free_.push_back(s);
+}
+
 int StatePool::SlotsForBudget(const StateLayout& layout, int64_t budget_bytes) {
   return static_cast<int>(std::max<int64_t>(0, budget_bytes / layout.bytes_per_slot()));
 }
@@ -35,7 +42,11 @@ absl::StatusOr<int> StatePool::Acquire() {
   const int slot = free_.back();
   free_.pop_back();
   in_use_[slot] = true;
-  std::memset(Slot(slot), 0, layout_.bytes_per_slot());
+  if (external_.zero) {
+    external_.zero(slot);
+  } else {
+    std::memset(Slot(slot), 0, layout_.bytes_per_slot());
+  }
   return slot;
 }
 
@@ -52,7 +63,12 @@ absl::Status StatePool::Copy(int src, int dst) {
   if (!InUse(src) || !InUse(dst)) {
     return absl::FailedPreconditionError(absl::StrFormat("copy of state slot %d to %d: both must be in use", src, dst));
   }
-  if (src != dst) std::memcpy(Slot(dst), Slot(src), layout_.bytes_per_slot());
+  if (src == dst) return absl::OkStatus();
+  if (external_.copy) {
+    external_.copy(src, dst);
+  } else {
+    std::memcpy(Slot(dst), Slot(src), layout_.bytes_per_slot());
+  }
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -29,10 +30,20 @@ struct StateLayout {
   int64_t bytes_per_slot() const { return floats_per_slot() * static_cast<int64_t>(sizeof(float)); }
 };
 
+// How a pool whose slots live outside host memory (a device backend's)
+// zeroes a slot on Acquire and copies one slot to another.
+struct SlotStorageOps {
+  std::function<void(int slot)> zero;
+  std::function<void(int src, int dst)> copy;
+};
+
 class StatePool {
  public:
-  // num_slots >= 1. Memory: num_slots * layout.bytes_per_slot().
+  // num_slots >= 1. Memory: num_slots * layout.bytes_per_slot() of host memory.
   StatePool(const StateLayout& layout, int num_slots);
+  // The same bookkeeping over storage owned by someone else (no host copy):
+  // Slot()/Recurrent()/Conv() must not be used.
+  StatePool(const StateLayout& layout, int num_slots, SlotStorageOps external);
   // The largest pool that fits in budget_bytes (at least 0 slots).
   static int SlotsForBudget(const StateLayout& layout, int64_t budget_bytes);
 
@@ -56,6 +67,7 @@ class StatePool {
   int num_used() const { return num_slots() - num_free(); }
   int num_free() const { return static_cast<int>(free_.size()); }
   const StateLayout& layout() const { return layout_; }
+  bool host_storage() const { return !external_.zero; }
 
   // Debug invariant (as llama.cpp's recurrent memory checks): every slot is
   // either in use or on the free list, exactly once.
@@ -64,6 +76,7 @@ class StatePool {
  private:
   StateLayout layout_;
   std::vector<float> data_;
+  SlotStorageOps external_;
   std::vector<bool> in_use_;
   std::vector<int> free_;  // stack; lowest slot index on top
 };

@@ -1,0 +1,447 @@
+#include "engine/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/ops.h"
+
+namespace gdnserve {
+namespace {
+
+using cuda::DType;
+
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  const std::string msg = absl::StrFormat("CUDA error in %s: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
+  return e == cudaErrorMemoryAllocation ? absl::ResourceExhaustedError(msg) : absl::InternalError(msg);
+}
+
+absl::Status CublasStatus(cublasStatus_t e, const char* what) {
+  if (e == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrFormat("cuBLAS error in %s: %s", what, cublasGetStatusString(e)));
+}
+
+#define GDN_CUDA_RETURN(expr)                                                 \
+  do {                                                                        \
+    if (absl::Status s_ = CudaStatus((expr), #expr); !s_.ok()) return s_;     \
+  } while (0)
+#define GDN_CUBLAS_RETURN(expr)                                               \
+  do {                                                                        \
+    if (absl::Status s_ = CublasStatus((expr), #expr); !s_.ok()) return s_;   \
+  } while (0)
+
+// float32 -> bf16 bits, round to nearest even (NaN stays NaN).
+uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// A grow-only device allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    GDN_CUDA_RETURN(cudaMalloc(&ptr_, bytes));
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T = void>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+  float* f() const { return static_cast<float*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct DeviceLayer {
+  DeviceBuffer attn_norm, in_proj, conv, f_up, g_up, g_bias, a_log, dt_bias, o_norm, o_proj, mlp_norm, gate_up,
+      down;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::shared_ptr<const ModelWeights> weights, const CudaBackendOptions& options)
+      : weights_(std::move(weights)),
+        cfg_(weights_->config),
+        options_(options),
+        proj_(InProjLayout::ForConfig(cfg_)),
+        layout_(StateLayout::ForConfig(cfg_)),
+        wtype_(options.bf16 ? DType::kBF16 : DType::kF32),
+        pool_(layout_, options.num_slots,
+              SlotStorageOps{[this](int slot) { ZeroSlot(slot); },
+                             [this](int src, int dst) { CopySlot(src, dst); }}) {}
+
+  ~CudaBackend() override {
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
+  }
+
+  absl::Status Init();
+
+  std::string name() const override { return options_.bf16 ? "cuda-bf16" : "cuda-f32"; }
+  const ModelConfig& config() const override { return cfg_; }
+  StatePool& state_pool() override { return pool_; }
+  absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) override;
+  absl::Status ReadSlot(int slot, absl::Span<float> out) override;
+  absl::Status WriteSlot(int slot, absl::Span<const float> in) override;
+
+ private:
+  absl::Status Upload(DeviceBuffer& buf, const std::vector<float>& host, DType type);
+  absl::Status Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n, float* c,
+                    int64_t ldc, bool accumulate);
+  absl::Status Reserve(int64_t T, int64_t R, int num_pieces);
+  absl::Status Layer(int layer, int64_t T, const cuda::DevicePieces& pieces);
+  float* SlotPtr(int slot) const { return states_.f() + static_cast<int64_t>(slot) * layout_.floats_per_slot(); }
+  void ZeroSlot(int slot);
+  void CopySlot(int src, int dst);
+  absl::Status TakeDeferred() { return std::exchange(deferred_, absl::OkStatus()); }
+
+  std::shared_ptr<const ModelWeights> weights_;
+  const ModelConfig& cfg_;
+  CudaBackendOptions options_;
+  InProjLayout proj_;
+  StateLayout layout_;
+  DType wtype_;      // matrices
+  DType act_type_() const { return wtype_; }  // GEMM inputs match the weights
+  StatePool pool_;
+  absl::Status deferred_;  // an error of a slot zero/copy, reported by the next call
+
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer embed_, lm_head_, final_norm_, states_;
+  std::vector<DeviceLayer> layers_;
+
+  // Per-forward workspace (grown to the largest batch).
+  int32_t* host_ints_ = nullptr;  // pinned: ids, start, slot, token_piece, rows
+  size_t host_ints_cap_ = 0;
+  DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
+  int64_t cap_T_ = 0, cap_R_ = 0;
+  int cap_pieces_ = 0;
+};
+
+absl::Status CudaBackend::Upload(DeviceBuffer& buf, const std::vector<float>& host, DType type) {
+  if (type == DType::kF32) {
+    if (absl::Status s = buf.Reserve(host.size() * sizeof(float)); !s.ok()) return s;
+    GDN_CUDA_RETURN(cudaMemcpy(buf.get(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  std::vector<uint16_t> tmp(host.size());
+  for (size_t i = 0; i < host.size(); ++i) tmp[i] = ToBf16(host[i]);
+  if (absl::Status s = buf.Reserve(tmp.size() * 2); !s.ok()) return s;
+  GDN_CUDA_RETURN(cudaMemcpy(buf.get(), tmp.data(), tmp.size() * 2, cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Init() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError("no CUDA device is available (--device cuda needs an NVIDIA GPU)");
+  }
+  if (options_.device < 0 || options_.device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("CUDA device %d does not exist (this machine has %d)", options_.device, count));
+  }
+  if (options_.num_slots < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("num_slots must be >= 1, got %d", options_.num_slots));
+  }
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));
+  GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
+  GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
+  // float32 weights stay float32 all the way (no TF32).
+  GDN_CUBLAS_RETURN(cublasSetMathMode(cublas_, options_.bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
+
+  const ModelWeights& w = *weights_;
+  auto up = [&](DeviceBuffer& b, const std::vector<float>& h, DType t) { return Upload(b, h, t); };
+  if (absl::Status s = up(embed_, w.embed, wtype_); !s.ok()) return s;
+  if (!w.lm_head.empty()) {
+    if (absl::Status s = up(lm_head_, w.lm_head, wtype_); !s.ok()) return s;
+  }
+  if (absl::Status s = up(final_norm_, w.final_norm, DType::kF32); !s.ok()) return s;
+  layers_ = std::vector<DeviceLayer>(cfg_.num_layers);
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    DeviceLayer& d = layers_[l];
+    const std::pair<DeviceBuffer*, const std::vector<float>*> small[] = {
+        {&d.attn_norm, &lw.attn_norm}, {&d.conv, &lw.conv},       {&d.g_bias, &lw.g_bias},
+        {&d.a_log, &lw.a_log},         {&d.dt_bias, &lw.dt_bias}, {&d.o_norm, &lw.o_norm},
+        {&d.mlp_norm, &lw.mlp_norm}};
+    for (const auto& [buf, host] : small) {
+      if (absl::Status s = up(*buf, *host, DType::kF32); !s.ok()) return s;
+    }
+    const std::pair<DeviceBuffer*, const std::vector<float>*> mats[] = {
+        {&d.in_proj, &lw.in_proj}, {&d.f_up, &lw.f_up},       {&d.g_up, &lw.g_up},
+        {&d.o_proj, &lw.o_proj},   {&d.gate_up, &lw.gate_up}, {&d.down, &lw.down}};
+    for (const auto& [buf, host] : mats) {
+      if (absl::Status s = up(*buf, *host, wtype_); !s.ok()) return s;
+    }
+  }
+  if (absl::Status s = states_.Reserve(static_cast<size_t>(options_.num_slots) * layout_.bytes_per_slot());
+      !s.ok()) {
+    return absl::ResourceExhaustedError(absl::StrFormat("%d state slots of %.1f MB do not fit in GPU memory: %s",
+                                                        options_.num_slots, layout_.bytes_per_slot() / 1e6,
+                                                        s.message()));
+  }
+  GDN_CUDA_RETURN(cudaMemsetAsync(states_.get(), 0, states_.bytes(), stream_));
+  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+void CudaBackend::ZeroSlot(int slot) {
+  absl::Status s = CudaStatus(cudaMemsetAsync(SlotPtr(slot), 0, layout_.bytes_per_slot(), stream_), "zero slot");
+  if (!s.ok() && deferred_.ok()) deferred_ = s;
+}
+
+void CudaBackend::CopySlot(int src, int dst) {
+  absl::Status s = CudaStatus(
+      cudaMemcpyAsync(SlotPtr(dst), SlotPtr(src), layout_.bytes_per_slot(), cudaMemcpyDeviceToDevice, stream_),
+      "copy slot");
+  if (!s.ok() && deferred_.ok()) deferred_ = s;
+}
+
+absl::Status CudaBackend::ReadSlot(int slot, absl::Span<float> out) {
+  if (!pool_.InUse(slot) || static_cast<int64_t>(out.size()) != layout_.floats_per_slot()) {
+    return absl::InvalidArgumentError("ReadSlot: slot not in use or wrong size");
+  }
+  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));
+  GDN_CUDA_RETURN(
+      cudaMemcpyAsync(out.data(), SlotPtr(slot), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
+  if (!pool_.InUse(slot) || static_cast<int64_t>(in.size()) != layout_.floats_per_slot()) {
+    return absl::InvalidArgumentError("WriteSlot: slot not in use or wrong size");
+  }
+  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));
+  GDN_CUDA_RETURN(
+      cudaMemcpyAsync(SlotPtr(slot), in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+// c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c).
+absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
+                               float* c, int64_t ldc, bool accumulate) {
+  if (m == 0) return absl::OkStatus();
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const cudaDataType_t t = wtype_ == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
+  // Column-major view: C^T [n, m] = W [n, k] (stored k-major: op T) . A^T [k, m].
+  GDN_CUBLAS_RETURN(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                 static_cast<int>(k), &alpha, w.get(), t, static_cast<int>(k), a, t,
+                                 static_cast<int>(lda), &beta, c, CUDA_R_32F, static_cast<int>(ldc),
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
+  const size_t ints = static_cast<size_t>(2 * T + R + 2 * num_pieces + 1);
+  if (ints > host_ints_cap_) {
+    if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
+    host_ints_ = nullptr;
+    host_ints_cap_ = 0;
+    GDN_CUDA_RETURN(cudaMallocHost(&host_ints_, ints * sizeof(int32_t)));
+    host_ints_cap_ = ints;
+  }
+  if (absl::Status s = ints_.Reserve(ints * sizeof(int32_t)); !s.ok()) return s;
+  if (T <= cap_T_ && R <= cap_R_) return absl::OkStatus();
+  T = std::max(T, cap_T_);
+  R = std::max(R, cap_R_);
+  const int64_t d = cfg_.hidden_size, a = DTypeBytes(act_type_());
+  const int64_t key_dim = cfg_.key_dim, value_dim = cfg_.value_dim, V = cfg_.head_v_dim;
+  const int64_t I = cfg_.intermediate_size;
+  const std::pair<DeviceBuffer*, int64_t> sizes[] = {
+      {&x_, T * d * 4},
+      {&h_, std::max(T, R) * d * a},
+      {&proj_out_, T * proj_.total * 4},
+      {&qkv_, T * layout_.conv_channels * 4},
+      {&fa_, T * V * a},
+      {&f_, T * key_dim * 4},
+      {&ga_, T * V * a},
+      {&z_, T * value_dim * 4},
+      {&o_, T * value_dim * 4},
+      {&oa_, T * value_dim * a},
+      {&gu_, T * 2 * I * 4},
+      {&act_, T * I * a},
+      {&logits_, R * static_cast<int64_t>(cfg_.vocab_size) * 4},
+  };
+  for (const auto& [buf, bytes] : sizes) {
+    if (absl::Status s = buf->Reserve(static_cast<size_t>(bytes)); !s.ok()) return s;
+  }
+  cap_T_ = T;
+  cap_R_ = R;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
+  if (absl::Status s = ValidateBatch(batch, pool_, cfg_.vocab_size); !s.ok()) return s;
+  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));  // the engine loop's thread
+  const int P = static_cast<int>(batch.size());
+  int64_t T = 0, R = 0;
+  for (const SeqPiece& p : batch) {
+    T += p.tokens.size();
+    R += p.all_logits ? p.tokens.size() : 1;
+  }
+  out->vocab = cfg_.vocab_size;
+  out->first_row.assign(P + 1, 0);
+  if (P == 0) {
+    out->logits.clear();
+    return absl::OkStatus();
+  }
+  if (T > INT32_MAX / 2) return absl::InvalidArgumentError("batch too large");
+  if (absl::Status s = Reserve(T, R, P); !s.ok()) return s;
+
+  // Host-side index arrays, one upload: ids [T], token_piece [T], rows [R],
+  // start [P+1], slot [P].
+  int32_t* ids = host_ints_;
+  int32_t* token_piece = ids + T;
+  int32_t* rows = token_piece + T;
+  int32_t* start = rows + R;
+  int32_t* slot = start + P + 1;
+  int64_t t = 0, r = 0;
+  for (int i = 0; i < P; ++i) {
+    const SeqPiece& p = batch[i];
+    start[i] = static_cast<int32_t>(t);
+    slot[i] = p.slot;
+    const int64_t n = p.tokens.size();
+    for (int64_t j = 0; j < n; ++j) {
+      ids[t + j] = p.tokens[j];
+      token_piece[t + j] = i;
+    }
+    const int64_t nl = p.all_logits ? n : 1;
+    for (int64_t j = n - nl; j < n; ++j) rows[r++] = static_cast<int32_t>(t + j);
+    out->first_row[i + 1] = out->first_row[i] + nl;
+    t += n;
+  }
+  start[P] = static_cast<int32_t>(T);
+  const size_t nints = static_cast<size_t>(2 * T + R + 2 * P + 1);
+  GDN_CUDA_RETURN(cudaMemcpyAsync(ints_.get(), host_ints_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  const int32_t* dev = ints_.get<int32_t>();
+  cuda::DevicePieces pieces;
+  pieces.start = dev + 2 * T + R;
+  pieces.slot = pieces.start + P + 1;
+  pieces.token_piece = dev + T;
+  pieces.num_pieces = P;
+  pieces.num_tokens = T;
+
+  const int64_t d = cfg_.hidden_size;
+  GDN_CUDA_RETURN(cuda::EmbeddingLookup(embed_.get(), wtype_, dev, T, d, x_.f(), stream_));
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    if (absl::Status s = Layer(l, T, pieces); !s.ok()) return s;
+  }
+  GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, dev + 2 * T, R, d, final_norm_.f(), cfg_.norm_eps, h_.get(), act_type_(), d,
+                                stream_));
+  if (absl::Status s = Gemm(h_.get(), d, R, d, lm_head_.bytes() ? lm_head_ : embed_, cfg_.vocab_size, logits_.f(),
+                            cfg_.vocab_size, false);
+      !s.ok()) {
+    return s;
+  }
+  out->logits.resize(static_cast<size_t>(R) * cfg_.vocab_size);
+  GDN_CUDA_RETURN(cudaMemcpyAsync(out->logits.data(), logits_.get(), out->logits.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_));
+  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& pieces) {
+  const DeviceLayer& lw = layers_[layer];
+  const int64_t d = cfg_.hidden_size, V = cfg_.head_v_dim, P = proj_.total;
+  const int64_t key_dim = cfg_.key_dim, value_dim = cfg_.value_dim, I = cfg_.intermediate_size;
+  const int64_t C = layout_.conv_channels;
+  const DType at = act_type_();
+  cuda::LayerStateRef st;
+  st.base = states_.f();
+  st.slot_stride = layout_.floats_per_slot();
+  st.recurrent_offset = layer * layout_.floats_per_layer();
+  st.conv_offset = st.recurrent_offset + layout_.recurrent_floats;
+
+  // Mixer.
+  GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.attn_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
+  if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
+  float* proj = proj_out_.f();
+  GDN_CUDA_RETURN(cuda::ConvSilu(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C, stream_));
+  GDN_CUDA_RETURN(cuda::ConvStateUpdate(proj + proj_.q, P, C, cfg_.conv_size, pieces, st, stream_));
+  GDN_CUDA_RETURN(cuda::Convert(proj + proj_.f0, T, V, P, fa_.get(), at, V, stream_));
+  if (absl::Status s = Gemm(fa_.get(), V, T, V, lw.f_up, key_dim, f_.f(), key_dim, false); !s.ok()) return s;
+  GDN_CUDA_RETURN(cuda::Convert(proj + proj_.g0, T, V, P, ga_.get(), at, V, stream_));
+  if (absl::Status s = Gemm(ga_.get(), V, T, V, lw.g_up, value_dim, z_.f(), value_dim, false); !s.ok()) return s;
+
+  cuda::Gdn2RecurrentArgs g;
+  g.q = qkv_.f();
+  g.k = qkv_.f() + key_dim;
+  g.qk_stride = C;
+  g.v = qkv_.f() + 2 * key_dim;
+  g.v_stride = C;
+  g.g = f_.f();
+  g.g_stride = key_dim;
+  g.b = proj + proj_.b;
+  g.b_stride = P;
+  g.w = proj + proj_.w;
+  g.w_stride = P;
+  g.a_log = lw.a_log.f();
+  g.dt_bias = lw.dt_bias.f();
+  g.allow_neg_eigval = cfg_.allow_neg_eigval;
+  g.scale = 1.0f / std::sqrt(static_cast<float>(cfg_.head_dim));
+  g.H = cfg_.num_heads;
+  g.HV = cfg_.num_v_heads;
+  g.K = cfg_.head_dim;
+  g.V = cfg_.head_v_dim;
+  g.state = st;
+  g.pieces = pieces;
+  g.out = o_.f();
+  g.out_stride = value_dim;
+  GDN_CUDA_RETURN(cuda::Gdn2Recurrent(g, stream_));
+  GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), z_.f(), value_dim, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
+                                     cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));
+  if (absl::Status s = Gemm(oa_.get(), value_dim, T, value_dim, lw.o_proj, d, x_.f(), d, true); !s.ok()) return s;
+
+  // MLP.
+  GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.mlp_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
+  if (absl::Status s = Gemm(h_.get(), d, T, d, lw.gate_up, 2 * I, gu_.f(), 2 * I, false); !s.ok()) return s;
+  GDN_CUDA_RETURN(cuda::SiluMul(gu_.f(), T, I, act_.get(), at, stream_));
+  if (absl::Status s = Gemm(act_.get(), I, T, I, lw.down, d, x_.f(), d, true); !s.ok()) return s;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool CudaBackendBuilt() { return true; }
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
+                                                           const CudaBackendOptions& options) {
+  auto backend = std::make_unique<CudaBackend>(std::move(weights), options);
+  if (absl::Status s = backend->Init(); !s.ok()) return s;
+  return backend;
+}
+
+}  // namespace gdnserve

@@ -1,0 +1,30 @@
+// The CUDA backend: weights and state slots in GPU memory, linear layers on
+// cuBLAS (bf16 or float32 weights, float32 accumulation), the GDN-2 block in
+// kernels/cuda. Built when GDNSERVE_CUDA is on; otherwise CreateCudaBackend
+// answers Unimplemented.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/weights.h"
+
+namespace gdnserve {
+
+struct CudaBackendOptions {
+  int num_slots = 16;  // state slots (concurrent sequences), in GPU memory
+  int device = 0;      // CUDA device ordinal
+  bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
+};
+
+// FailedPrecondition when there is no usable GPU, Unimplemented when built
+// without CUDA, ResourceExhausted when weights + slots do not fit.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
+                                                           const CudaBackendOptions& options);
+
+// Whether this build has the CUDA backend.
+bool CudaBackendBuilt();
+
+}  // namespace gdnserve

@@ -1,0 +1,159 @@
+// The GDN-2 recurrence on the GPU (ops.h: Gdn2Recurrent), the twin of
+// kernels/cpu/gdn2.cc's Gdn2RecurrentHead with the gates and q/k norms fused.
+//
+// Work split: a block of kWarps warps per (piece, value head, tile of value
+// rows); each warp owns kRows rows of the state ST [V][K] (a row is column v
+// of S) and keeps them in registers for the whole piece, so state is read and
+// written once per piece however many tokens it has. Channel c of a row lives
+// in lane c % 32, register c / 32: a warp's loads of one register index are
+// 128 contiguous bytes.
+//
+// Per token, with q^ = q/|q| * scale, k^ = k/|k|, e = b * k^ and decay exp(g):
+//   s <- s * exp(g);  u = s.e;  p = s.q^;  d = w*v - u;  s <- s + k^ d;
+//   o = s_new.q^ = p + d (k^.q^)
+// so the two dot products of a row are reduced together, before the update.
+#include <algorithm>
+
+#include "kernels/cuda/ops.h"
+
+namespace gdnserve::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+
+__device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <int N>
+__device__ __forceinline__ void WarpAllSum(float (&v)[N]) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+  }
+}
+
+// KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per warp.
+template <int KPL, int kRows>
+__global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
+  const int piece = blockIdx.z, hv = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int v0 = (blockIdx.x * kWarps + warp) * kRows;
+  if (v0 >= a.V) return;  // no block-level synchronisation below
+  const int K = a.K, V = a.V;
+  const int hk = hv / (a.HV / a.H);
+  const int64_t t0 = a.pieces.start[piece], t1 = a.pieces.start[piece + 1];
+  float* S = a.state.base + a.pieces.slot[piece] * a.state.slot_stride + a.state.recurrent_offset +
+             static_cast<int64_t>(hv) * V * K;
+
+  bool ch_ok[KPL];
+#pragma unroll
+  for (int i = 0; i < KPL; ++i) ch_ok[i] = i * 32 + lane < K;
+  bool row_ok[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) row_ok[r] = v0 + r < V;
+
+  float s[kRows][KPL];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int i = 0; i < KPL; ++i) {
+      s[r][i] = row_ok[r] && ch_ok[i] ? S[static_cast<int64_t>(v0 + r) * K + i * 32 + lane] : 0.0f;
+    }
+  }
+  const float neg_a = -expf(a.a_log[hk]);
+  float dtb[KPL];
+#pragma unroll
+  for (int i = 0; i < KPL; ++i) dtb[i] = ch_ok[i] ? a.dt_bias[hk * K + i * 32 + lane] : 0.0f;
+  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
+
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* qt = a.q + t * a.qk_stride + hk * K;
+    const float* kt = a.k + t * a.qk_stride + hk * K;
+    const float* gt = a.g + t * a.g_stride + hk * K;
+    const float* bt = a.b + t * a.b_stride + hk * K;
+    float q[KPL], k[KPL], decay[KPL], e[KPL];
+    float norms[3] = {0.0f, 0.0f, 0.0f};  // |q|^2, |k|^2, q.k
+#pragma unroll
+    for (int i = 0; i < KPL; ++i) {
+      const int c = i * 32 + lane;
+      q[i] = ch_ok[i] ? qt[c] : 0.0f;
+      k[i] = ch_ok[i] ? kt[c] : 0.0f;
+      norms[0] += q[i] * q[i];
+      norms[1] += k[i] * k[i];
+      norms[2] += q[i] * k[i];
+      decay[i] = ch_ok[i] ? expf(neg_a * Softplus(gt[c] + dtb[i])) : 1.0f;
+      e[i] = ch_ok[i] ? Sigmoid(bt[c]) * bscale : 0.0f;
+    }
+    float vv[kRows], ww[kRows];  // issued early: independent of the reductions
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t c = hv * V + v0 + r;
+      vv[r] = row_ok[r] ? a.v[t * a.v_stride + c] : 0.0f;
+      ww[r] = row_ok[r] ? a.w[t * a.w_stride + c] : 0.0f;
+    }
+    WarpAllSum(norms);
+    const float rq = a.scale / sqrtf(norms[0] + 1e-6f);
+    const float rk = 1.0f / sqrtf(norms[1] + 1e-6f);
+    const float kq = norms[2] * rq * rk;
+#pragma unroll
+    for (int i = 0; i < KPL; ++i) {
+      q[i] *= rq;
+      k[i] *= rk;
+      e[i] *= k[i];
+    }
+    float dots[2 * kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float u = 0.0f, p = 0.0f;
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) {
+        s[r][i] *= decay[i];
+        u += s[r][i] * e[i];
+        p += s[r][i] * q[i];
+      }
+      dots[2 * r] = u;
+      dots[2 * r + 1] = p;
+    }
+    WarpAllSum(dots);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float d = Sigmoid(ww[r]) * vv[r] - dots[2 * r];
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) s[r][i] += k[i] * d;
+      if (lane == r && row_ok[r]) a.out[t * a.out_stride + hv * V + v0 + r] = dots[2 * r + 1] + d * kq;
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int i = 0; i < KPL; ++i) {
+      if (row_ok[r] && ch_ok[i]) S[static_cast<int64_t>(v0 + r) * K + i * 32 + lane] = s[r][i];
+    }
+  }
+}
+
+template <int KPL>
+cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
+  constexpr int kRows = 4;
+  const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV, a.pieces.num_pieces);
+  Gdn2RecurrentKernel<KPL, kRows><<<grid, kWarps * 32, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
+  if (a.pieces.num_pieces == 0) return cudaSuccess;
+  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || a.pieces.num_pieces > 65535 || a.HV > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.K <= 32) return Launch<1>(a, stream);
+  if (a.K <= 64) return Launch<2>(a, stream);
+  if (a.K <= 128) return Launch<4>(a, stream);
+  if (a.K <= 256) return Launch<8>(a, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace gdnserve::cuda

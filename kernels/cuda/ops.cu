@@ -1,0 +1,211 @@
+// Element-wise and row-wise CUDA kernels of the GDN-2 block (ops.h).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/ops.h"
+
+namespace gdnserve::cuda {
+namespace {
+
+__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float Silu(float x) { return x * Sigmoid(x); }
+
+__device__ __forceinline__ void Store(void* out, DType t, int64_t i, float v) {
+  if (t == DType::kF32) {
+    static_cast<float*>(out)[i] = v;
+  } else {
+    static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(v);
+  }
+}
+
+__device__ __forceinline__ float Load(const void* in, DType t, int64_t i) {
+  return t == DType::kF32 ? static_cast<const float*>(in)[i]
+                          : __bfloat162float(static_cast<const __nv_bfloat16*>(in)[i]);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it.
+__device__ float BlockSum(float v) {
+  __shared__ float partial[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? partial[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+unsigned Blocks(int64_t n, int threads) {
+  return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, int64_t{1} << 20));
+}
+
+__global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids, int64_t d, float* out) {
+  const int64_t t = blockIdx.x;
+  const int64_t row = static_cast<int64_t>(ids[t]) * d;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * d + i] = Load(table, tt, row + i);
+}
+
+__global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* rows, int64_t d,
+                              const float* weight, float eps, void* out, DType ot, int64_t out_stride) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + (rows ? rows[r] : r) * x_stride;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = BlockSum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) Store(out, ot, r * out_stride + i, xr[i] * inv * weight[i]);
+}
+
+// One thread per (token, channel).
+__global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                               DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride) {
+  const int64_t n = pieces.num_tokens * C;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / C, c = i % C;
+    const int p = pieces.token_piece[t];
+    const int64_t t0 = pieces.start[p];
+    const float* conv = st.base + pieces.slot[p] * st.slot_stride + st.conv_offset;
+    float acc = 0.0f;
+    for (int j = 0; j < W; ++j) {
+      const int64_t pos = t - t0 - (W - 1) + j;  // position within the piece; < 0 reads the state
+      const float xv = pos >= 0 ? x[(t0 + pos) * x_stride + c] : conv[(W - 1 + pos) * C + c];
+      acc += w[c * W + j] * xv;
+    }
+    out[t * out_stride + c] = Silu(acc);
+  }
+}
+
+// One thread per (piece, channel); rows written in increasing order, each
+// after the (higher) old row it reads.
+__global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t C, int W, DevicePieces pieces,
+                                      LayerStateRef st) {
+  const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int p = static_cast<int>(i / C);
+    const int64_t c = i % C;
+    const int64_t t0 = pieces.start[p], len = pieces.start[p + 1] - t0;
+    float* conv = st.base + pieces.slot[p] * st.slot_stride + st.conv_offset;
+    for (int r = 0; r < W - 1; ++r) {
+      const int64_t pos = len - (W - 1) + r;
+      conv[r * C + c] = pos >= 0 ? x[(t0 + pos) * x_stride + c] : conv[(W - 1 + pos) * C + c];
+    }
+  }
+}
+
+// One warp per (token, value head).
+__global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_stride, const float* z_bias,
+                                   const float* weight, int64_t T, int HV, int V, float eps, void* out,
+                                   DType ot) {
+  const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (task >= T * HV) return;
+  const int64_t t = task / HV, h = task % HV;
+  const float* orow = o + t * HV * V + h * V;
+  const float* zr = z + t * z_stride + h * V;
+  float ss = 0.0f;
+  for (int i = lane; i < V; i += 32) ss += orow[i] * orow[i];
+  for (int s = 16; s > 0; s >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, s);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(V) + eps);
+  for (int i = lane; i < V; i += 32) {
+    const float zv = zr[i] + (z_bias ? z_bias[h * V + i] : 0.0f);
+    Store(out, ot, t * HV * V + h * V + i, orow[i] * inv * weight[i] * Silu(zv));
+  }
+}
+
+__global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, DType ot) {
+  const int64_t n = T * I;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / I, j = i % I;
+    Store(out, ot, i, Silu(gu[t * 2 * I + j]) * gu[t * 2 * I + I + j]);
+  }
+}
+
+__global__ void ConvertKernel(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType ot,
+                              int64_t out_stride) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i % cols;
+    Store(out, ot, r * out_stride + c, x[r * x_stride + c]);
+  }
+}
+
+__global__ void ZeroKernel(float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = 0.0f;
+  }
+}
+
+}  // namespace
+
+cudaError_t EmbeddingLookup(const void* table, DType table_type, const int32_t* ids, int64_t T, int64_t d,
+                            float* out, cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  EmbeddingKernel<<<static_cast<unsigned>(T), 256, 0, stream>>>(table, table_type, ids, d, out);
+  return cudaGetLastError();
+}
+
+cudaError_t RmsNorm(const float* x, int64_t x_stride, const int32_t* rows, int64_t R, int64_t d,
+                    const float* weight, float eps, void* out, DType out_type, int64_t out_stride,
+                    cudaStream_t stream) {
+  if (R == 0) return cudaSuccess;
+  const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 64);
+  RmsNormKernel<<<static_cast<unsigned>(R), threads, 0, stream>>>(x, x_stride, rows, d, weight, eps, out, out_type,
+                                                                   out_stride);
+  return cudaGetLastError();
+}
+
+cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                     const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
+                     cudaStream_t stream) {
+  const int64_t n = pieces.num_tokens * C;
+  if (n == 0) return cudaSuccess;
+  ConvSiluKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, w, C, W, pieces, state, out, out_stride);
+  return cudaGetLastError();
+}
+
+cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, const DevicePieces& pieces,
+                            const LayerStateRef& state, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
+  if (n == 0 || W < 2) return cudaSuccess;
+  ConvStateUpdateKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, C, W, pieces, state);
+  return cudaGetLastError();
+}
+
+cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias,
+                         const float* weight, int64_t T, int HV, int V, float eps, void* out, DType out_type,
+                         cudaStream_t stream) {
+  const int64_t tasks = T * HV;
+  if (tasks == 0) return cudaSuccess;
+  GatedRmsNormKernel<<<static_cast<unsigned>((tasks + 3) / 4), 128, 0, stream>>>(o, z, z_stride, z_bias, weight, T,
+                                                                                  HV, V, eps, out, out_type);
+  return cudaGetLastError();
+}
+
+cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_type, cudaStream_t stream) {
+  if (T * I == 0) return cudaSuccess;
+  SiluMulKernel<<<Blocks(T * I, 256), 256, 0, stream>>>(gu, T, I, out, out_type);
+  return cudaGetLastError();
+}
+
+cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType out_type,
+                    int64_t out_stride, cudaStream_t stream) {
+  if (rows * cols == 0) return cudaSuccess;
+  ConvertKernel<<<Blocks(rows * cols, 256), 256, 0, stream>>>(x, rows, cols, x_stride, out, out_type, out_stride);
+  return cudaGetLastError();
+}
+
+cudaError_t Zero(float* x, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  ZeroKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, n);
+  return cudaGetLastError();
+}
+
+}  // namespace gdnserve::cuda

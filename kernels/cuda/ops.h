@@ -1,0 +1,105 @@
+// CUDA kernels of the GDN-2 block (kernels/cpu/ops.h and gdn2.h are their CPU
+// twins). Raw device pointers, row-major, shapes in the comments; every
+// function enqueues on `stream` and returns the launch's cudaError_t (no
+// synchronisation, nothing allocated). Activations are float32; `DType` names
+// the element type of tensors that feed bf16 GEMMs or come from bf16 weights.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gdnserve::cuda {
+
+enum class DType { kF32, kBF16 };
+inline int64_t DTypeBytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// A packed batch of sequence pieces (device arrays): piece p owns token rows
+// [start[p], start[p+1]) and the state slot slot[p]; token_piece[t] is the
+// piece of row t.
+struct DevicePieces {
+  const int32_t* start = nullptr;        // [num_pieces + 1]
+  const int32_t* slot = nullptr;         // [num_pieces]
+  const int32_t* token_piece = nullptr;  // [num_tokens]
+  int num_pieces = 0;
+  int64_t num_tokens = 0;
+};
+
+// Where a layer's state lives inside the slot pool: slot s's recurrent state
+// of value head hv is base + s * slot_stride + recurrent_offset + hv * V * K
+// ([V][K], S transposed), its conv state base + s * slot_stride + conv_offset
+// ([W-1][C], row 0 oldest).
+struct LayerStateRef {
+  float* base = nullptr;
+  int64_t slot_stride = 0;
+  int64_t recurrent_offset = 0;
+  int64_t conv_offset = 0;
+};
+
+// out[t] = table[ids[t]] (as float32). table: [vocab, d] of `table_type`.
+cudaError_t EmbeddingLookup(const void* table, DType table_type, const int32_t* ids, int64_t T, int64_t d,
+                            float* out, cudaStream_t stream);
+
+// out[r] = x[row r] / sqrt(mean(x^2) + eps) * weight, row r = rows ? rows[r] : r.
+// x: rows of d floats, stride x_stride; out: R rows of `out_type`, stride out_stride.
+cudaError_t RmsNorm(const float* x, int64_t x_stride, const int32_t* rows, int64_t R, int64_t d,
+                    const float* weight, float eps, void* out, DType out_type, int64_t out_stride,
+                    cudaStream_t stream);
+
+// Causal depthwise conv (W taps, tap W-1 on the current token) + SiLU over a
+// packed batch, reading each piece's history from its conv state. x: [T, C]
+// stride x_stride; w: [C, W]; out: [T, C] stride out_stride. Leaves the state
+// alone: ConvStateUpdate (enqueued after) advances it.
+cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                     const DevicePieces& pieces, const LayerStateRef& state, float* out,
+                     int64_t out_stride, cudaStream_t stream);
+
+// Each piece's conv state <- the last W-1 inputs of [state; piece rows of x].
+cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, const DevicePieces& pieces,
+                            const LayerStateRef& state, cudaStream_t stream);
+
+// The GDN-2 recurrence (DESIGN.md 1.2) over every token of every piece, state
+// read from and written back to the pieces' slots in place. Gate activations
+// and the q/k L2 norms are fused: inputs are raw (pre-activation).
+struct Gdn2RecurrentArgs {
+  const float* q = nullptr;  // [T] rows; head hk at q + hk*K (post-conv, pre-norm)
+  const float* k = nullptr;  // same layout as q
+  int64_t qk_stride = 0;
+  const float* v = nullptr;  // [T] rows; value head hv at v + hv*V
+  int64_t v_stride = 0;
+  const float* g = nullptr;  // [T, key_dim] raw decay input (before + dt_bias, softplus)
+  int64_t g_stride = 0;
+  const float* b = nullptr;  // [T, key_dim] raw erase gate (before sigmoid)
+  int64_t b_stride = 0;
+  const float* w = nullptr;  // [T, value_dim] raw write gate (before sigmoid)
+  int64_t w_stride = 0;
+  const float* a_log = nullptr;    // [H]
+  const float* dt_bias = nullptr;  // [key_dim]
+  bool allow_neg_eigval = false;
+  float scale = 0.0f;  // q scale, usually K^-1/2
+  int H = 0, HV = 0, K = 0, V = 0;
+  LayerStateRef state;
+  DevicePieces pieces;
+  float* out = nullptr;  // [T] rows; value head hv at out + hv*V
+  int64_t out_stride = 0;
+};
+// K must be a multiple of 4 up to 256 (or 1..32); any V.
+cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
+
+// out = o / sqrt(mean(o^2) + eps) * weight * silu(z + z_bias), per value head
+// of V. o: [T, HV*V]; z: rows of HV*V, stride z_stride; out: `out_type` [T, HV*V].
+cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias,
+                         const float* weight, int64_t T, int HV, int V, float eps, void* out,
+                         DType out_type, cudaStream_t stream);
+
+// out[t, j] = silu(gu[t, j]) * gu[t, I + j].  gu: [T, 2I]; out: `out_type` [T, I].
+cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_type, cudaStream_t stream);
+
+// out = x (rows x cols, strides in elements) converted to out_type.
+cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType out_type,
+                    int64_t out_stride, cudaStream_t stream);
+
+// Fills n floats with zeros (state slots).
+cudaError_t Zero(float* x, int64_t n, cudaStream_t stream);
+
+}  // namespace gdnserve::cuda

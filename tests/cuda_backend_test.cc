@@ -1,0 +1,232 @@
+// The CUDA backend against the CPU backend on the same model (DESIGN.md 1.4
+// item 5; items 2-4 on the GPU): logits of packed batches that mix prefill
+// pieces and decode steps, prompts split into pieces, greedy generations, and
+// state round trips through ReadSlot/WriteSlot. Skips cleanly without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cpu_backend.h"
+#include "engine/cuda_backend.h"
+#include "engine/weights.h"
+#include "tests/test_util.h"
+
+namespace gdnserve {
+namespace {
+
+using testing::RelErr;
+
+bool HaveGpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+struct Param {
+  std::string model;  // under GDNSERVE_TEST_MODELS, or a path
+  bool bf16;
+};
+
+std::string ModelPath(const std::string& m) {
+  if (m.find('/') != std::string::npos) return m;
+  const char* dir = std::getenv("GDNSERVE_TEST_MODELS");
+  return dir ? std::string(dir) + "/" + m : "";
+}
+
+class CudaBackendTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+    const std::string path = ModelPath(GetParam().model);
+    if (path.empty()) GTEST_SKIP() << "GDNSERVE_TEST_MODELS is not set (ctest sets it)";
+    auto w = LoadModelWeights(path);
+    ASSERT_TRUE(w.ok()) << w.status();
+    std::shared_ptr<const ModelWeights> weights = std::move(*w);
+    auto cpu = CreateCpuBackend(weights, {.num_slots = 8});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    cpu_ = std::move(*cpu);
+    auto gpu = CreateCudaBackend(weights, {.num_slots = 8, .bf16 = GetParam().bf16});
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = std::move(*gpu);
+    rng_.seed(testing::TestSeed() + std::hash<std::string>{}(GetParam().model) + GetParam().bf16);
+    tol_ = GetParam().bf16 ? 1e-2 : 1e-4;
+  }
+
+  std::vector<int32_t> RandomIds(int n) {
+    std::uniform_int_distribution<int32_t> d(0, cpu_->config().vocab_size - 1);
+    std::vector<int32_t> ids(n);
+    for (auto& t : ids) t = d(rng_);
+    return ids;
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+  std::mt19937_64 rng_;
+  double tol_ = 0;
+};
+
+// Several sequences advance together through steps that mix prefill pieces of
+// various lengths and single decode tokens; all logits compared every step.
+TEST_P(CudaBackendTest, PackedBatchesMatchCpu) {
+  const std::vector<int> prompt = {1, 17, 64, 65, 200};
+  const int S = static_cast<int>(prompt.size());
+  std::vector<int> cs(S), gs(S);
+  for (int i = 0; i < S; ++i) {
+    cs[i] = *cpu_->state_pool().Acquire();
+    gs[i] = *gpu_->state_pool().Acquire();
+  }
+  std::vector<std::vector<int32_t>> ids(S);
+  for (int i = 0; i < S; ++i) ids[i] = RandomIds(prompt[i] + 12);
+  std::vector<size_t> pos(S, 0);
+  double worst = 0;
+  for (int step = 0; step < 16; ++step) {
+    std::vector<SeqPiece> cb, gb;
+    for (int i = 0; i < S; ++i) {
+      if (pos[i] >= ids[i].size()) continue;
+      // Prompts go in two pieces (a third of it, then the rest); then one token a step.
+      size_t n = 1;
+      if (pos[i] < static_cast<size_t>(prompt[i])) n = pos[i] == 0 ? std::max(1, prompt[i] / 3) : prompt[i] - pos[i];
+      auto span = absl::MakeConstSpan(ids[i]).subspan(pos[i], n);
+      cb.push_back({cs[i], span, true});
+      gb.push_back({gs[i], span, true});
+      pos[i] += n;
+    }
+    if (cb.empty()) break;
+    // Order of pieces differs between the two backends' batches.
+    std::reverse(gb.begin(), gb.end());
+    ForwardOutput co, go;
+    ASSERT_TRUE(cpu_->Forward(cb, &co).ok());
+    ASSERT_TRUE(gpu_->Forward(gb, &go).ok());
+    for (size_t j = 0; j < cb.size(); ++j) {
+      const size_t jg = gb.size() - 1 - j;
+      const int64_t rows = co.first_row[j + 1] - co.first_row[j];
+      ASSERT_EQ(rows, go.first_row[jg + 1] - go.first_row[jg]);
+      std::vector<float> c(co.Row(co.first_row[j]), co.Row(co.first_row[j]) + rows * co.vocab);
+      std::vector<float> g(go.Row(go.first_row[jg]), go.Row(go.first_row[jg]) + rows * go.vocab);
+      const double e = RelErr(g, c);
+      worst = std::max(worst, e);
+      EXPECT_LE(e, tol_) << "step " << step << " piece " << j;
+    }
+  }
+  std::printf("%s %s: worst logits relative error %.3g\n", GetParam().model.c_str(),
+              GetParam().bf16 ? "bf16" : "f32", worst);
+  // Final states agree too.
+  const int64_t n = cpu_->state_pool().layout().floats_per_slot();
+  for (int i = 0; i < S; ++i) {
+    std::vector<float> c(n), g(n);
+    ASSERT_TRUE(cpu_->ReadSlot(cs[i], absl::MakeSpan(c)).ok());
+    ASSERT_TRUE(gpu_->ReadSlot(gs[i], absl::MakeSpan(g)).ok());
+    EXPECT_LE(RelErr(g, c), GetParam().bf16 ? 3e-2 : 1e-4) << "sequence " << i;
+  }
+}
+
+// Invariants 2 and 3 on the GPU: a prompt in pieces (with a decode step)
+// equals the prompt in one go; and a state written back with WriteSlot
+// continues exactly as the original.
+TEST_P(CudaBackendTest, PiecesEqualWholeAndSlotsRoundTrip) {
+  const std::vector<int32_t> ids = RandomIds(150);
+  const int a = *gpu_->state_pool().Acquire(), b = *gpu_->state_pool().Acquire();
+  ForwardOutput whole, part;
+  SeqPiece p{a, ids, true};
+  ASSERT_TRUE(gpu_->Forward({&p, 1}, &whole).ok());
+  std::vector<float> pieces;
+  const std::vector<size_t> ends = {1, 64, 65, 149, 150};
+  size_t begin = 0;
+  for (size_t end : ends) {
+    SeqPiece q{b, absl::MakeConstSpan(ids).subspan(begin, end - begin), true};
+    ASSERT_TRUE(gpu_->Forward({&q, 1}, &part).ok());
+    pieces.insert(pieces.end(), part.logits.begin(), part.logits.end());
+    begin = end;
+  }
+  EXPECT_LE(RelErr(pieces, whole.logits), 1e-5);  // same kernels, same order: rounding only
+
+  // Snapshot a, continue a; restore the snapshot into c, continue c: same.
+  const int64_t n = gpu_->state_pool().layout().floats_per_slot();
+  std::vector<float> snap(n);
+  ASSERT_TRUE(gpu_->ReadSlot(a, absl::MakeSpan(snap)).ok());
+  const int c = *gpu_->state_pool().Acquire();
+  ASSERT_TRUE(gpu_->WriteSlot(c, snap).ok());
+  const std::vector<int32_t> next = RandomIds(5);
+  ForwardOutput oa, oc;
+  SeqPiece pa{a, next, true}, pc{c, next, true};
+  ASSERT_TRUE(gpu_->Forward({&pa, 1}, &oa).ok());
+  ASSERT_TRUE(gpu_->Forward({&pc, 1}, &oc).ok());
+  EXPECT_EQ(oa.logits, oc.logits);
+  // Fork (pool Copy) behaves the same.
+  const int f = *gpu_->state_pool().Acquire();
+  ASSERT_TRUE(gpu_->state_pool().Copy(a, f).ok());
+  ForwardOutput of, oa2;
+  SeqPiece pf{f, next, true}, pa2{a, next, true};
+  ASSERT_TRUE(gpu_->Forward({&pf, 1}, &of).ok());
+  ASSERT_TRUE(gpu_->Forward({&pa2, 1}, &oa2).ok());
+  EXPECT_EQ(of.logits, oa2.logits);
+  // A fresh slot is zeroed even after reuse.
+  ASSERT_TRUE(gpu_->state_pool().Release(f).ok());
+  const int z = *gpu_->state_pool().Acquire();
+  std::vector<float> zs(n, 1.0f);
+  ASSERT_TRUE(gpu_->ReadSlot(z, absl::MakeSpan(zs)).ok());
+  EXPECT_TRUE(std::all_of(zs.begin(), zs.end(), [](float x) { return x == 0.0f; }));
+}
+
+// Greedy generations equal the CPU's, or diverge only at a measured near-tie.
+TEST_P(CudaBackendTest, GreedyGenerationsMatchCpu) {
+  for (int trial = 0; trial < 3; ++trial) {
+    std::vector<int32_t> ctx = RandomIds(20 + 30 * trial);
+    const int cs = *cpu_->state_pool().Acquire(), gs = *gpu_->state_pool().Acquire();
+    std::vector<int32_t> cpu_in = ctx, gpu_in = ctx;
+    for (int step = 0; step < 24; ++step) {
+      ForwardOutput co, go;
+      SeqPiece cp{cs, cpu_in, false}, gp{gs, gpu_in, false};
+      ASSERT_TRUE(cpu_->Forward({&cp, 1}, &co).ok());
+      ASSERT_TRUE(gpu_->Forward({&gp, 1}, &go).ok());
+      const float* c = co.Last(0);
+      const float* g = go.Last(0);
+      const int ct = static_cast<int>(std::max_element(c, c + co.vocab) - c);
+      const int gt = static_cast<int>(std::max_element(g, g + go.vocab) - g);
+      if (ct != gt) {
+        // Near-tie: on the CPU's logits the two choices are within the error budget.
+        const double gap = c[ct] - c[gt];
+        std::printf("trial %d step %d: cpu %d vs gpu %d, cpu logit gap %.3g\n", trial, step, ct, gt, gap);
+        EXPECT_LE(gap, (GetParam().bf16 ? 0.05 : 1e-3) * std::max(1.0f, std::abs(c[ct])));
+        break;
+      }
+      cpu_in = {ct};
+      gpu_in = {gt};
+    }
+    ASSERT_TRUE(cpu_->state_pool().Release(cs).ok());
+    ASSERT_TRUE(gpu_->state_pool().Release(gs).ok());
+  }
+}
+
+TEST_P(CudaBackendTest, BadInputIsAnErrorNotACrash) {
+  const int s = *gpu_->state_pool().Acquire();
+  std::vector<int32_t> bad = {0, cpu_->config().vocab_size};
+  SeqPiece p{s, bad, false};
+  ForwardOutput out;
+  const absl::Status st = gpu_->Forward({&p, 1}, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("outside the vocabulary"), std::string::npos) << st;
+  SeqPiece q{s + 1, bad, false};  // slot not acquired
+  EXPECT_EQ(gpu_->Forward({&q, 1}, &out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+std::string Name(const ::testing::TestParamInfo<Param>& info) {
+  std::string m = info.param.model;
+  std::replace_if(m.begin(), m.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
+  return m + (info.param.bf16 ? "_bf16" : "_f32");
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest,
+                         ::testing::Values(Param{"tiny", false}, Param{"tiny", true}, Param{"tiny_gva", false},
+                                           Param{"tiny_gva", true}, Param{GDNSERVE_BUNDLED_MODEL, false},
+                                           Param{GDNSERVE_BUNDLED_MODEL, true}),
+                         Name);
+
+}  // namespace
+}  // namespace gdnserve

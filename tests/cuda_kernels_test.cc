@@ -1,0 +1,291 @@
+// Each CUDA kernel of kernels/cuda/ops.h against its CPU twin (kernels/cpu)
+// on fresh random inputs: packed variable-length batches, several head shapes,
+// extreme gates. Skips cleanly without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/gdn2.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+#include "tests/test_util.h"
+
+namespace gdnserve {
+namespace {
+
+using testing::RelErr;
+
+bool HaveGpu() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!HaveGpu()) { GTEST_SKIP() << "no CUDA device"; }
+
+// A device copy of a host vector, freed at scope exit.
+template <typename T>
+class Dev {
+ public:
+  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
+    EXPECT_EQ(cudaMalloc(&p_, std::max<size_t>(1, n_) * sizeof(T)), cudaSuccess);
+    if (n_) {
+      EXPECT_EQ(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+  explicit Dev(size_t n) : Dev(std::vector<T>(n)) {}
+  ~Dev() { cudaFree(p_); }
+  T* get() const { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    EXPECT_EQ(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+class CudaKernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { rng_.seed(testing::TestSeed()); }
+  std::vector<float> Normal(size_t n, float scale = 1.0f, float mean = 0.0f) {
+    std::normal_distribution<float> d(mean, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng_);
+    return v;
+  }
+  std::mt19937_64 rng_;
+};
+
+// Host and device descriptions of a packed batch with the given piece lengths,
+// pieces in slots slot_of[i] of a pool of `num_slots`.
+struct Batch {
+  std::vector<int32_t> start, slot, token_piece;
+  int64_t T = 0;
+  Batch(const std::vector<int>& lengths, const std::vector<int>& slots) : slot(slots) {
+    start.push_back(0);
+    for (size_t p = 0; p < lengths.size(); ++p) {
+      for (int j = 0; j < lengths[p]; ++j) token_piece.push_back(static_cast<int32_t>(p));
+      start.push_back(start.back() + lengths[p]);
+    }
+    T = start.back();
+  }
+};
+
+struct DevBatch {
+  Dev<int32_t> start, slot, token_piece;
+  cuda::DevicePieces pieces;
+  explicit DevBatch(const Batch& b) : start(b.start), slot(b.slot), token_piece(b.token_piece) {
+    pieces.start = start.get();
+    pieces.slot = slot.get();
+    pieces.token_piece = token_piece.get();
+    pieces.num_pieces = static_cast<int>(b.slot.size());
+    pieces.num_tokens = b.T;
+  }
+};
+
+struct Shape {
+  int H, HV, K, V;
+};
+
+// The recurrence (gates and norms fused) vs the CPU ops + Gdn2RecurrentHead,
+// outputs and final states, float32 throughout.
+TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {1, 2, 256, 64}, {2, 2, 48, 40}};
+  const std::vector<int> lengths = {1, 15, 16, 17, 63, 64, 65, 130, 1, 1};
+  for (const Shape& sh : shapes) {
+    for (const bool extreme : {false, true}) {
+      for (const bool neg : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "H=" << sh.H << " HV=" << sh.HV << " K=" << sh.K << " V=" << sh.V
+                                          << " extreme=" << extreme << " neg=" << neg);
+        const int P = static_cast<int>(lengths.size());
+        const int num_slots = P + 3;
+        std::vector<int> slots(P);
+        for (int i = 0; i < P; ++i) slots[i] = (i * 7 + 2) % num_slots;  // scattered, distinct
+        Batch b(lengths, slots);
+        const int64_t T = b.T, key_dim = sh.H * sh.K, value_dim = sh.HV * sh.V;
+        const int64_t qk_stride = 2 * key_dim + 3;  // padded rows, like the packed qkv buffer
+        std::vector<float> qk = Normal(T * qk_stride);
+        std::vector<float> v = Normal(T * value_dim);
+        std::vector<float> g = Normal(T * key_dim, extreme ? 4.0f : 1.0f);
+        std::vector<float> bb = Normal(T * key_dim, extreme ? 8.0f : 1.0f);
+        std::vector<float> w = Normal(T * value_dim, extreme ? 8.0f : 1.0f);
+        std::vector<float> a_log = Normal(sh.H, 0.5f, extreme ? std::log(50.0f) : 0.0f);
+        std::vector<float> dt_bias = Normal(key_dim, 0.5f, extreme ? 1.0f : -2.0f);
+        // Slot pool: recurrent states of one layer at offset 5 of a padded slot.
+        const int64_t rec = static_cast<int64_t>(sh.HV) * sh.V * sh.K;
+        const int64_t slot_stride = rec + 11;
+        std::vector<float> pool = Normal(num_slots * slot_stride, 0.3f);
+
+        cuda::Gdn2RecurrentArgs a;
+        Dev<float> d_qk(qk), d_v(v), d_g(g), d_b(bb), d_w(w), d_alog(a_log), d_dtb(dt_bias), d_pool(pool);
+        Dev<float> d_out(T * value_dim);
+        DevBatch db(b);
+        a.q = d_qk.get();
+        a.k = d_qk.get() + key_dim;
+        a.qk_stride = qk_stride;
+        a.v = d_v.get();
+        a.v_stride = value_dim;
+        a.g = d_g.get();
+        a.g_stride = key_dim;
+        a.b = d_b.get();
+        a.b_stride = key_dim;
+        a.w = d_w.get();
+        a.w_stride = value_dim;
+        a.a_log = d_alog.get();
+        a.dt_bias = d_dtb.get();
+        a.allow_neg_eigval = neg;
+        a.scale = 1.0f / std::sqrt(static_cast<float>(sh.K));
+        a.H = sh.H;
+        a.HV = sh.HV;
+        a.K = sh.K;
+        a.V = sh.V;
+        a.state = {d_pool.get(), slot_stride, 5, 0};
+        a.pieces = db.pieces;
+        a.out = d_out.get();
+        a.out_stride = value_dim;
+        ASSERT_EQ(cuda::Gdn2Recurrent(a, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+        // CPU twin.
+        std::vector<float> q(T * key_dim), k(T * key_dim);
+        for (int64_t t = 0; t < T; ++t) {
+          std::memcpy(&q[t * key_dim], &qk[t * qk_stride], key_dim * 4);
+          std::memcpy(&k[t * key_dim], &qk[t * qk_stride + key_dim], key_dim * 4);
+        }
+        cpu::L2NormHeads(q.data(), T, sh.H, sh.K, a.scale);
+        cpu::L2NormHeads(k.data(), T, sh.H, sh.K, 1.0f);
+        std::vector<float> gc = g, bc = bb, wc = w;
+        cpu::Gdn2Gates(gc.data(), bc.data(), T, sh.H, sh.K, a_log.data(), dt_bias.data(), neg, wc.data(), value_dim);
+        std::vector<float> want_pool = pool, want_out(T * value_dim);
+        const int group = sh.HV / sh.H;
+        for (int p = 0; p < P; ++p) {
+          const int64_t t0 = b.start[p], n = lengths[p];
+          for (int hv = 0; hv < sh.HV; ++hv) {
+            const int hk = hv / group;
+            cpu::Gdn2HeadInputs in{&q[t0 * key_dim + hk * sh.K], &k[t0 * key_dim + hk * sh.K],
+                                   &gc[t0 * key_dim + hk * sh.K], &bc[t0 * key_dim + hk * sh.K],
+                                   &v[t0 * value_dim + hv * sh.V], &wc[t0 * value_dim + hv * sh.V],
+                                   key_dim, key_dim, key_dim, key_dim, value_dim, value_dim};
+            cpu::Gdn2RecurrentHead(in, n, sh.K, sh.V, &want_pool[slots[p] * slot_stride + 5 + hv * sh.V * sh.K],
+                                   &want_out[t0 * value_dim + hv * sh.V], value_dim);
+          }
+        }
+        EXPECT_LE(RelErr(d_out.host(), want_out), 1e-4);
+        const std::vector<float> got_pool = d_pool.host();
+        EXPECT_LE(RelErr(got_pool, want_pool), 1e-4);
+        // Slots not in the batch are untouched, bit for bit.
+        for (int s = 0; s < num_slots; ++s) {
+          if (std::find(slots.begin(), slots.end(), s) != slots.end()) continue;
+          EXPECT_EQ(0, std::memcmp(&got_pool[s * slot_stride], &pool[s * slot_stride], slot_stride * 4)) << s;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const int W : {2, 4}) {
+    const std::vector<int> lengths = {1, 2, 3, 5, 64, 1};
+    const int P = static_cast<int>(lengths.size());
+    const int num_slots = P + 2;
+    std::vector<int> slots(P);
+    for (int i = 0; i < P; ++i) slots[i] = num_slots - 1 - i;
+    Batch b(lengths, slots);
+    const int64_t C = 37, x_stride = 50, T = b.T;
+    std::vector<float> x = Normal(T * x_stride), wts = Normal(C * W, 0.5f);
+    const int64_t slot_stride = 100 + (W - 1) * C, conv_offset = 100;
+    std::vector<float> pool = Normal(num_slots * slot_stride);
+    Dev<float> d_x(x), d_w(wts), d_pool(pool), d_out(T * C);
+    DevBatch db(b);
+    cuda::LayerStateRef st{d_pool.get(), slot_stride, 0, conv_offset};
+    ASSERT_EQ(cuda::ConvSilu(d_x.get(), x_stride, d_w.get(), C, W, db.pieces, st, d_out.get(), C, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(cuda::ConvStateUpdate(d_x.get(), x_stride, C, W, db.pieces, st, nullptr), cudaSuccess);
+    std::vector<float> want_pool = pool, want_out(T * C);
+    for (int p = 0; p < P; ++p) {
+      cpu::CausalConv1dSilu(&x[b.start[p] * x_stride], x_stride, wts.data(), lengths[p], C, W,
+                            &want_pool[slots[p] * slot_stride + conv_offset], &want_out[b.start[p] * C], C);
+    }
+    EXPECT_LE(RelErr(d_out.host(), want_out), 1e-6) << "W=" << W;
+    EXPECT_EQ(d_pool.host(), want_pool) << "W=" << W;  // the state is copied, so exactly
+  }
+}
+
+TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 7, d = 300, HV = 3, V = 40, I = 130;
+  // RmsNorm over selected rows, float32 and bf16 outputs.
+  std::vector<float> x = Normal(T * d, 2.0f), wt = Normal(d);
+  std::vector<int32_t> rows = {6, 0, 3};
+  std::vector<float> want(rows.size() * d);
+  for (size_t r = 0; r < rows.size(); ++r) cpu::RmsNorm(&x[rows[r] * d], wt.data(), 1, d, 1e-5f, &want[r * d]);
+  Dev<float> d_x(x), d_wt(wt), d_y(rows.size() * d);
+  Dev<int32_t> d_rows(rows);
+  ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_y.get(), cuda::DType::kF32,
+                          d, nullptr),
+            cudaSuccess);
+  EXPECT_LE(RelErr(d_y.host(), want), 1e-6);
+  Dev<uint16_t> d_yb(rows.size() * d);
+  ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_yb.get(),
+                          cuda::DType::kBF16, d, nullptr),
+            cudaSuccess);
+  std::vector<float> yb;
+  for (uint16_t h : d_yb.host()) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    yb.push_back(f);
+  }
+  EXPECT_LE(RelErr(yb, want), 8e-3);  // bf16 rounding
+
+  // Gated RMSNorm with the z bias.
+  std::vector<float> o = Normal(T * HV * V), z = Normal(T * HV * V), zb = Normal(HV * V), ow = Normal(V);
+  std::vector<float> zc = z;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < HV * V; ++i) zc[t * HV * V + i] += zb[i];
+  }
+  std::vector<float> want_o = o;
+  cpu::GatedRmsNorm(want_o.data(), zc.data(), ow.data(), T, HV, V, 1e-5f);
+  Dev<float> d_o(o), d_z(z), d_zb(zb), d_ow(ow), d_go(T * HV * V);
+  ASSERT_EQ(cuda::GatedRmsNorm(d_o.get(), d_z.get(), HV * V, d_zb.get(), d_ow.get(), T, HV, V, 1e-5f, d_go.get(),
+                               cuda::DType::kF32, nullptr),
+            cudaSuccess);
+  EXPECT_LE(RelErr(d_go.host(), want_o), 1e-6);
+
+  // SwiGLU.
+  std::vector<float> gu = Normal(T * 2 * I, 3.0f), want_a(T * I);
+  cpu::SiluMul(gu.data(), T, I, want_a.data());
+  Dev<float> d_gu(gu), d_a(T * I);
+  ASSERT_EQ(cuda::SiluMul(d_gu.get(), T, I, d_a.get(), cuda::DType::kF32, nullptr), cudaSuccess);
+  EXPECT_LE(RelErr(d_a.host(), want_a), 1e-6);
+
+  // Embedding from a float32 table.
+  std::vector<float> table = Normal(50 * d);
+  std::vector<int32_t> ids = {3, 49, 0, 3};
+  Dev<float> d_table(table), d_e(ids.size() * d);
+  Dev<int32_t> d_ids(ids);
+  ASSERT_EQ(cuda::EmbeddingLookup(d_table.get(), cuda::DType::kF32, d_ids.get(), ids.size(), d, d_e.get(), nullptr),
+            cudaSuccess);
+  const std::vector<float> e = d_e.host();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(0, std::memcmp(&e[i * d], &table[ids[i] * d], d * 4));
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace gdnserve
