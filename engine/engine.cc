@@ -92,6 +92,7 @@ EngineOptions Engine::Normalized(EngineOptions o, int num_slots) {
   o.max_prefill_chunk = std::max<int>(kChunkAlign, o.max_prefill_chunk / kChunkAlign * kChunkAlign);
   o.step_token_budget = std::max(o.step_token_budget, num_slots + kChunkAlign);
   o.prefix_cache_interval = std::max(kChunkAlign, o.prefix_cache_interval / kChunkAlign * kChunkAlign);
+  if (o.session_max_tokens <= 0) o.session_max_tokens = int64_t{o.max_prompt_tokens} + o.max_tokens_cap;
   return o;
 }
 
@@ -205,8 +206,21 @@ absl::Status Engine::AttachSession(Group& g) {
       return absl::InvalidArgumentError("prompt: empty, and the session has no pending token to run");
     }
     r.prompt = std::move(prompt);
-  } else if (snap == nullptr || snap->tokens.size() >= r.prompt.size() ||
-             !std::equal(snap->tokens.begin(), snap->tokens.end(), r.prompt.begin())) {
+  }
+  // The history this request leaves behind is at most its prompt plus
+  // max_tokens: refuse what could outgrow the per-session bound up front, so
+  // a stored session never exceeds it (and the session keeps its last state).
+  const int64_t most = static_cast<int64_t>(r.prompt.size()) + r.stop.max_tokens;
+  if (most > options_.session_max_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "max_tokens: session \"%s\" would hold up to %d tokens (a prompt of %d with the history, plus max_tokens "
+        "%d), more than the session limit of %d (--max-prompt-tokens + --max-tokens-cap); lower max_tokens or start "
+        "a new session",
+        r.session_id, most, r.prompt.size(), r.stop.max_tokens, options_.session_max_tokens));
+  }
+  if (!r.session_continue &&
+      (snap == nullptr || snap->tokens.size() >= r.prompt.size() ||
+       !std::equal(snap->tokens.begin(), snap->tokens.end(), r.prompt.begin()))) {
     return absl::OkStatus();  // a different history: prefill it all
   }
   g.restore = std::move(snap);
@@ -268,6 +282,12 @@ absl::StatusOr<int64_t> Engine::ImportSession(const std::string& session_id, std
     return absl::InvalidArgumentError("state blob: a token id is outside the vocabulary");
   }
   const int64_t n = static_cast<int64_t>(snap->tokens.size());
+  if (n + (snap->pending >= 0 ? 1 : 0) > options_.session_max_tokens) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "state blob: its history of %d tokens exceeds this server's session limit of %d "
+        "(--max-prompt-tokens + --max-tokens-cap)",
+        n + (snap->pending >= 0 ? 1 : 0), options_.session_max_tokens));
+  }
   if (!sessions_.Put(session_id, std::make_shared<const StateSnapshot>(*std::move(snap)))) {
     return absl::ResourceExhaustedError("state: larger than the session budget (--session-bytes)");
   }

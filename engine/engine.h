@@ -47,6 +47,14 @@ struct EngineOptions {
   // Session snapshots: host memory budget (0 disables sessions) and idle TTL.
   int64_t session_bytes = int64_t{1} << 30;
   int64_t session_ttl_ms = 600'000;
+  // Longest history (fed tokens plus the pending one) a session may hold; a
+  // snapshot keeps every history token (for the full-history prefix match,
+  // usage and export), so one session takes at most one state plus 4 bytes
+  // times this. A session request whose prompt (with continue: history plus
+  // new tokens) plus max_tokens could exceed it is refused, as is an imported
+  // blob with a longer history. 0: max_prompt_tokens + max_tokens_cap, the
+  // context length the OpenAI API reports (max_model_len).
+  int64_t session_max_tokens = 0;
 };
 
 // Aggregate counters, readable from any thread.
@@ -105,6 +113,8 @@ class Engine {
   // FailedPrecondition for another model's, ResourceExhausted over budget.
   absl::StatusOr<int64_t> ImportSession(const std::string& session_id, std::string_view blob);
   bool DropSession(const std::string& session_id) { return sessions_.Erase(session_id); }
+  // One sequence's state (all layers), as a snapshot or blob holds it.
+  int64_t state_bytes_per_sequence() const { return floats_per_slot_ * static_cast<int64_t>(sizeof(float)); }
   const EngineOptions& options() const { return options_; }
   const Backend& backend() const { return *backend_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
