@@ -78,7 +78,7 @@ struct Generation {
       if (o.finished) {
         finished = true;
         error = o.error;
-        usage = {o.prompt_tokens, o.completion_tokens};
+        usage = {o.prompt_tokens, o.completion_tokens, o.cached_prompt_tokens};
       }
     }
     outs.clear();

@@ -79,7 +79,8 @@ Json LogprobsJson(const ResponseMeta& meta, const ChoiceDelta& d, const Tokenize
 Json UsageJson(const Usage& u) {
   return Json{{"prompt_tokens", u.prompt_tokens},
               {"completion_tokens", u.completion_tokens},
-              {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+              {"total_tokens", u.prompt_tokens + u.completion_tokens},
+              {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
 }
 
 Json Head(const ResponseMeta& meta, bool chunk) {

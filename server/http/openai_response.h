@@ -66,9 +66,12 @@ class ChoiceAssembler {
   ChoiceDelta total_;
 };
 
+// usage.prompt_tokens_details.cached_tokens: prompt tokens restored from the
+// prefix cache or a session snapshot rather than run (0 on a cold request).
 struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_tokens = 0;
 };
 
 // What every body of one request shares.

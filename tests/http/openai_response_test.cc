@@ -107,7 +107,7 @@ class ResponseTest : public ::testing::Test {
 
 TEST_F(ResponseTest, CompletionBody) {
   ChoiceDelta c = Choice(0, "hello", FinishReason::kLength);
-  const Json j = Json::parse(CompletionBody(Meta(Endpoint::kCompletions), {c}, {3, 4}, *tok_));
+  const Json j = Json::parse(CompletionBody(Meta(Endpoint::kCompletions), {c}, {3, 4, 2}, *tok_));
   EXPECT_EQ(j["id"], "id-1");
   EXPECT_EQ(j["object"], "text_completion");
   EXPECT_EQ(j["created"], 123);
@@ -115,7 +115,10 @@ TEST_F(ResponseTest, CompletionBody) {
   EXPECT_EQ(j["choices"][0]["text"], "hello");
   EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
-  EXPECT_EQ(j["usage"], (Json{{"prompt_tokens", 3}, {"completion_tokens", 4}, {"total_tokens", 7}}));
+  EXPECT_EQ(j["usage"], (Json{{"prompt_tokens", 3},
+                              {"completion_tokens", 4},
+                              {"total_tokens", 7},
+                              {"prompt_tokens_details", {{"cached_tokens", 2}}}}));
 }
 
 TEST_F(ResponseTest, ChatBodyAndChunks) {
@@ -139,6 +142,7 @@ TEST_F(ResponseTest, ChatBodyAndChunks) {
   const Json usage = Json::parse(UsageChunkBody(Meta(Endpoint::kChatCompletions), {2, 5}));
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["total_tokens"], 7);
+  EXPECT_EQ(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
 }
 
 TEST_F(ResponseTest, Logprobs) {
