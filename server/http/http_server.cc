@@ -16,6 +16,7 @@
 
 #include "httplib.h"
 #include "server/http/request_metrics.h"
+#include "server/http/sessions.h"
 
 namespace gdnserve::server::http {
 
@@ -244,6 +245,14 @@ void HttpServer::InstallRoutes() {
     } else if (res.status == 413) {
       e.message = "the request body exceeds " + std::to_string(options_.max_body_bytes) + " bytes (--max-body-bytes)";
       e.code = "request_too_large";
+      const HttpModel* m = model_.load(std::memory_order_acquire);
+      if (m != nullptr && req.path.rfind("/v1/sessions/", 0) == 0) {
+        // A state blob is one state plus 4 bytes per history token: say how
+        // large this model's are, so the operator knows what to allow.
+        e.message += "; a state blob of this model is " +
+                     std::to_string(m->engine->state_bytes_per_sequence()) +
+                     " bytes plus 4 per history token";
+      }
     } else {
       e.message = "HTTP " + std::to_string(res.status);
     }
@@ -294,6 +303,23 @@ void HttpServer::InstallRoutes() {
             }
             res.set_content(ModelBody(m->name, m->created, max_model_len(*m)), "application/json");
           }));
+  // Session state: available once the model is loaded, also while draining
+  // (moving sessions off a replica that is shutting down), as over gRPC.
+  svr.Get(R"(/v1/sessions/(.+)/state)", guarded(true, [this, unavailable](const Request& req, Response& res) {
+            const HttpModel* m = model_.load(std::memory_order_acquire);
+            if (m == nullptr) return unavailable(res, m);
+            ServeExportState(req.matches[1], res, *m);
+          }));
+  svr.Put(R"(/v1/sessions/(.+)/state)", guarded(true, [this, unavailable](const Request& req, Response& res) {
+            const HttpModel* m = model_.load(std::memory_order_acquire);
+            if (m == nullptr) return unavailable(res, m);
+            ServeImportState(req.matches[1], req, res, *m);
+          }));
+  svr.Delete(R"(/v1/sessions/(.+))", guarded(true, [this, unavailable](const Request& req, Response& res) {
+               const HttpModel* m = model_.load(std::memory_order_acquire);
+               if (m == nullptr) return unavailable(res, m);
+               ServeDeleteSession(req.matches[1], res, *m);
+             }));
   for (const auto& [path, endpoint] : {std::pair{"/v1/completions", Endpoint::kCompletions},
                                        std::pair{"/v1/chat/completions", Endpoint::kChatCompletions}}) {
     svr.Post(path, guarded(true, [this, unavailable, endpoint = endpoint](const Request& req, Response& res) {

@@ -7,10 +7,12 @@
 //   GET  /v1/models[/{id}]      the served model
 //   POST /v1/completions        OpenAI completions, streamed (SSE) or not
 //   POST /v1/chat/completions   OpenAI chat completions, streamed (SSE) or not
+//   GET|PUT /v1/sessions/{id}/state, DELETE /v1/sessions/{id}
+//                               session state export / import / drop (sessions.h)
 //
 // Errors are OpenAI error objects: 400 naming the field (bad JSON, wrong
 // types, out-of-range values), 401 for a missing or wrong API key, 404 for an
-// unknown model (code model_not_found), 413 for a body over max_body_bytes,
+// unknown model (code model_not_found) or session, 413 for a body over max_body_bytes,
 // 431 for headers over max_header_bytes, 429 when the engine queue is full,
 // 503 while loading or draining.
 //
