@@ -143,12 +143,15 @@ class Server:
 
 @pytest.fixture(scope="session")
 def start_server(model_dir, tmp_path_factory):
-    """start_server(*flags, wait_ready=True, tls=False) -> Server; all are stopped at the end."""
+    """start_server(*flags, wait_ready=True, tls=False, model=None) -> Server; all are stopped at the end.
+
+    model: another test model's name (e.g. "tiny_gva"), next to the default one."""
     servers: list[Server] = []
 
-    def start(*args: str, wait_ready: bool = True, tls: bool = False) -> Server:
+    def start(*args: str, wait_ready: bool = True, tls: bool = False, model: str | None = None) -> Server:
         log = tmp_path_factory.mktemp("server") / "server.log"
-        s = Server(model_dir, list(args), log, wait_ready=wait_ready, tls=tls)
+        path = model_dir if model is None else model_dir.parent / model
+        s = Server(path, list(args), log, wait_ready=wait_ready, tls=tls)
         servers.append(s)
         return s
 

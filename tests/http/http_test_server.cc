@@ -8,6 +8,7 @@
 // SIGTERM/SIGINT: the engine drains (/readyz 503), then the server stops.
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -34,6 +35,13 @@ ABSL_FLAG(int, max_queue, gdnserve::EngineOptions().max_queue, "waiting requests
 ABSL_FLAG(int, max_prompt_tokens, gdnserve::EngineOptions().max_prompt_tokens, "longest prompt");
 ABSL_FLAG(int, max_tokens_cap, gdnserve::EngineOptions().max_tokens_cap, "largest max_tokens");
 ABSL_FLAG(int, threads, 1, "CPU threads for the model");
+ABSL_FLAG(int64_t, prefix_cache_bytes, gdnserve::EngineOptions().prefix_cache_bytes,
+          "host memory for the prefix state cache (0, the default here, disables it; gdnserve's is 1 GiB)");
+ABSL_FLAG(int, prefix_cache_interval, gdnserve::EngineOptions().prefix_cache_interval,
+          "prefix cache snapshot every this many prompt tokens");
+ABSL_FLAG(int64_t, session_bytes, gdnserve::EngineOptions().session_bytes, "host memory for sessions (0: none)");
+ABSL_FLAG(int, session_ttl_s, static_cast<int>(gdnserve::EngineOptions().session_ttl_ms / 1000),
+          "a session idle this long is dropped");
 ABSL_FLAG(std::string, api_key, "", "require Authorization: Bearer KEY on /v1/*");
 ABSL_FLAG(std::string, api_key_file, "", "read the API key from this file");
 ABSL_FLAG(bool, metrics_require_auth, false, "/metrics needs the API key too");
@@ -146,6 +154,10 @@ int main(int argc, char** argv) {
   eopts.max_queue = absl::GetFlag(FLAGS_max_queue);
   eopts.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   eopts.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
+  eopts.prefix_cache_bytes = std::max<int64_t>(0, absl::GetFlag(FLAGS_prefix_cache_bytes));
+  eopts.prefix_cache_interval = absl::GetFlag(FLAGS_prefix_cache_interval);
+  eopts.session_bytes = std::max<int64_t>(0, absl::GetFlag(FLAGS_session_bytes));
+  eopts.session_ttl_ms = int64_t{1000} * absl::GetFlag(FLAGS_session_ttl_s);
   gdnserve::Engine engine(backend->get(), tokenizer->get(), eopts, &step_metrics);
 
   http::HttpModel model;
