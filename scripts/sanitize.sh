@@ -39,11 +39,16 @@ case $kind in
     # Everything that links no gRPC: Debian's gRPC/Abseil are not instrumented
     # (tests/sanitizers/tsan.supp says why), so gdnserve and the gRPC e2e,
     # soak and fault tests are out. The HTTP front end runs in
-    # http_test_server (engine + HttpServer, no gRPC) under the whole pytest
-    # suite: overload/429, disconnect cancels, SIGTERM drain, parallel streams.
+    # http_test_server (engine + HttpServer, no gRPC) under the whole tests/http
+    # pytest suite (overload/429, disconnect cancels, SIGTERM drain) and
+    # tests/sanitizers/test_http_concurrency.py (24 clients at once, then
+    # SIGTERM under load). Both are ctest tests only with
+    # -DGDNSERVE_HTTP_SUITE_TEST_SERVER=ON (tests/http/CMakeLists.txt).
     tsan_targets=(engine_test scheduler_test state_pool_test state_cache_test metrics_test http_unit_test
                   http_test_server)
-    ctest_select=(-R '^(gen_test_models|engine_test|scheduler_test|state_pool_test|state_cache_test|metrics_test|http_unit_test|http_api_tests_test_server)$')
+    tsan_tests=(gen_test_models engine_test scheduler_test state_pool_test state_cache_test metrics_test
+                http_unit_test http_api_tests_test_server http_concurrency_test_server)
+    ctest_select=(-R "^($(IFS='|'; echo "${tsan_tests[*]}"))\$")
     [[ -z ${EXCLUDE:-} ]] || ctest_select+=(-E "$EXCLUDE")
     extra_cmake=(-DGDNSERVE_HTTP_SUITE_TEST_SERVER=ON)
     # libgomp is not TSan-aware: one OpenMP thread keeps its barriers out of
