@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import struct
+import time
 import urllib.parse
 import zlib
 
@@ -262,3 +264,28 @@ def test_session_history_is_capped(server, start_server):
     assert status == 400, err
     assert err["error"]["code"] == "incompatible_state"
     assert "94 tokens exceeds this server's session limit of 80" in err["error"]["message"]
+
+
+def test_sessions_can_be_exported_and_imported_while_draining(start_server):
+    """After SIGTERM new generations get 503, but sessions can still be moved
+    off the replica (gRPC ExportState answers then too)."""
+    s = start_server("--max-tokens-cap", "200000", "--drain-timeout-ms", "3000")
+    status, r = completion(s, prompt=ids(18, 12), max_tokens=3, session_id="leaving")
+    assert status == 200, r
+    conn = s.connection()  # a long generation keeps the drain going
+    conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"}, body=json.dumps(
+        {"prompt": "long", "max_tokens": 150000, "ignore_eos": True, "stream": True}))
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.readline().startswith(b"data: {")
+    s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while s.request("GET", "/readyz")[0] != 503:
+        assert time.monotonic() < deadline, "/readyz did not turn 503"
+        time.sleep(0.02)
+    assert completion(s, prompt=ids(19, 2), max_tokens=1)[0] == 503
+    blob = export(s, "leaving")
+    assert header(blob)["tokens"] == 12 + 3 - 1
+    status, r = put(s, "leaving-copy", blob)
+    assert status == 200, r
+    conn.close()
+    assert s.proc.wait(30) == 0
