@@ -6,7 +6,8 @@ runs it against a TSan http_test_server) sees them interleave: CLIENTS
 threads, each on its own connections, for SECONDS, mixing streamed and
 whole completions and chat (n = 1-2), clients that drop the connection
 mid-stream or right after sending, /metrics, /readyz and /v1/models scrapes,
-and invalid bodies; a queue small enough that some requests get 429. Then
+invalid bodies, and completions on a few shared sessions (saved, continued
+and replaced concurrently); a queue small enough that some requests get 429. Then
 SIGTERM with streams running and queued while new requests keep coming.
 
 Checks: only the statuses each kind may get, every 200 stream ends with
@@ -42,7 +43,8 @@ SECONDS = float(os.environ.get("GDNSERVE_HTTP_STRESS_SECONDS", "8"))
 CLIENTS = int(os.environ.get("GDNSERVE_HTTP_STRESS_CLIENTS", "24"))
 SEED = int(os.environ.get("GDNSERVE_HTTP_STRESS_SEED", random.randrange(1 << 30)))
 WORDS = "in the beginning god created heaven and earth light darkness water spirit face deep".split()
-GENERATION_KINDS = ("stream", "chat_stream", "whole", "chat_whole", "drop_mid_stream", "drop_after_send", "invalid")
+GENERATION_KINDS = ("stream", "chat_stream", "whole", "chat_whole", "session", "drop_mid_stream", "drop_after_send",
+                    "invalid")
 KINDS = GENERATION_KINDS + ("scrape",)
 
 
@@ -83,6 +85,10 @@ def body_for(kind: str, rng: random.Random) -> tuple[str, dict]:
         body.update(temperature=1.0, seed=rng.randrange(1 << 20))
     if kind.startswith("drop"):
         body.update(stream=True, max_tokens=300, ignore_eos=True)
+    if kind == "session":  # a few sessions shared by all clients: saved, continued, replaced at once
+        body.update(session_id=f"stress-{rng.randrange(3)}", stream=rng.random() < 0.5, n=1)
+        if rng.random() < 0.5:
+            body["session_continue"] = True
     if chat:
         body["messages"] = [{"role": "user", "content": prompt(rng)}]
         return "/v1/chat/completions", body
@@ -148,7 +154,7 @@ def one_request(server: Server, kind: str, rng: random.Random, tally: Tally) -> 
             drop(conn, resp)
             return resp.status
         tally.add(kind, resp.status)
-        allowed = {400} if kind == "invalid" else {200, 429}
+        allowed = {400} if kind == "invalid" else {200, 404, 429} if kind == "session" else {200, 429}
         if resp.status not in allowed:
             tally.fail(f"{kind} {path}: {resp.status} {resp.read()[:300]!r}")
         elif resp.status == 200 and body["stream"]:
@@ -165,7 +171,7 @@ def one_request(server: Server, kind: str, rng: random.Random, tally: Tally) -> 
 def client(server: Server, seed: int, until: float, tally: Tally) -> None:
     rng = random.Random(seed)
     while time.monotonic() < until:
-        kind = rng.choices(KINDS, weights=(20, 15, 10, 10, 8, 5, 10, 12))[0]
+        kind = rng.choices(KINDS, weights=(20, 15, 10, 10, 10, 8, 5, 10, 12))[0]
         try:
             if one_request(server, kind, rng, tally) == 429:
                 time.sleep(rng.uniform(0.05, 0.2))  # back off, as Retry-After asks (less, to keep the queue full)
@@ -276,8 +282,7 @@ def test_concurrent_mixed_load_then_sigterm(model, tmp_path):
         for t in readers + knockers:
             t.join(30)
         print("http stress: during drain", dict(refused))
-        print("http stress: long requests", {i: r if not isinstance(r, tuple) else (r[0], r[1][-120:])
-                                             for i, r in sorted(results.items())})
+        print("http stress: long requests", {i: r[0] if isinstance(r, tuple) else r for i, r in sorted(results.items())})
         assert rc == 0, s.log()[-4000:]
         assert not tally.failures, "\n".join(tally.failures[:20])
         assert refused[503] > 0, refused
