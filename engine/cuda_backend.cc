@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -96,6 +97,7 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    DropGraphs();
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
@@ -116,6 +118,11 @@ class CudaBackend final : public Backend {
                     int64_t ldc, bool accumulate);
   absl::Status Reserve(int64_t T, int64_t R, int num_pieces);
   absl::Status Layer(int layer, int64_t T, const cuda::DevicePieces& pieces);
+  // Everything from the embedding to the logits, enqueued on stream_.
+  absl::Status Compute(int64_t T, int64_t R, const int32_t* dev_ints, const cuda::DevicePieces& pieces);
+  // A decode step of P sequences through its CUDA graph, captured on first use.
+  absl::Status ComputeDecodeGraph(int P, const int32_t* dev_ints, const cuda::DevicePieces& pieces);
+  void DropGraphs();
   float* SlotPtr(int slot) const { return states_.f() + static_cast<int64_t>(slot) * layout_.floats_per_slot(); }
   void ZeroSlot(int slot);
   void CopySlot(int src, int dst);
@@ -141,7 +148,11 @@ class CudaBackend final : public Backend {
   size_t host_ints_cap_ = 0;
   DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
-  int cap_pieces_ = 0;
+  DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
+  // Decode graphs by batch size; captured against the workspace of
+  // generation workspace_gen_ (a reallocation makes them stale).
+  std::map<int, cudaGraphExec_t> graphs_;
+  uint64_t workspace_gen_ = 0, graphs_gen_ = 0;
 };
 
 absl::Status CudaBackend::Upload(DeviceBuffer& buf, const std::vector<float>& host, DType type) {
@@ -174,6 +185,8 @@ absl::Status CudaBackend::Init() {
   GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
   GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
+  if (absl::Status s = cublas_workspace_.Reserve(32 << 20); !s.ok()) return s;
+  GDN_CUBLAS_RETURN(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
   // float32 weights stay float32 all the way (no TF32).
   GDN_CUBLAS_RETURN(cublasSetMathMode(cublas_, options_.bf16 ? CUBLAS_DEFAULT_MATH : CUBLAS_PEDANTIC_MATH));
 
@@ -266,6 +279,7 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
 absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
   const size_t ints = static_cast<size_t>(2 * T + R + 2 * num_pieces + 1);
   if (ints > host_ints_cap_) {
+    ++workspace_gen_;
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
     host_ints_ = nullptr;
     host_ints_cap_ = 0;
@@ -274,6 +288,7 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
   }
   if (absl::Status s = ints_.Reserve(ints * sizeof(int32_t)); !s.ok()) return s;
   if (T <= cap_T_ && R <= cap_R_) return absl::OkStatus();
+  ++workspace_gen_;
   T = std::max(T, cap_T_);
   R = std::max(R, cap_R_);
   const int64_t d = cfg_.hidden_size, a = DTypeBytes(act_type_());
@@ -354,15 +369,8 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
   pieces.num_pieces = P;
   pieces.num_tokens = T;
 
-  const int64_t d = cfg_.hidden_size;
-  GDN_CUDA_RETURN(cuda::EmbeddingLookup(embed_.get(), wtype_, dev, T, d, x_.f(), stream_));
-  for (int l = 0; l < cfg_.num_layers; ++l) {
-    if (absl::Status s = Layer(l, T, pieces); !s.ok()) return s;
-  }
-  GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, dev + 2 * T, R, d, final_norm_.f(), cfg_.norm_eps, h_.get(), act_type_(), d,
-                                stream_));
-  if (absl::Status s = Gemm(h_.get(), d, R, d, lm_head_.bytes() ? lm_head_ : embed_, cfg_.vocab_size, logits_.f(),
-                            cfg_.vocab_size, false);
+  const bool decode = T == P && R == P;
+  if (absl::Status s = decode && options_.cuda_graphs ? ComputeDecodeGraph(P, dev, pieces) : Compute(T, R, dev, pieces);
       !s.ok()) {
     return s;
   }
@@ -370,6 +378,49 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
   GDN_CUDA_RETURN(cudaMemcpyAsync(out->logits.data(), logits_.get(), out->logits.size() * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_));
   GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Compute(int64_t T, int64_t R, const int32_t* dev, const cuda::DevicePieces& pieces) {
+  const int64_t d = cfg_.hidden_size;
+  GDN_CUDA_RETURN(cuda::EmbeddingLookup(embed_.get(), wtype_, dev, T, d, x_.f(), stream_));
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    if (absl::Status s = Layer(l, T, pieces); !s.ok()) return s;
+  }
+  GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, dev + 2 * T, R, d, final_norm_.f(), cfg_.norm_eps, h_.get(), act_type_(), d,
+                                stream_));
+  return Gemm(h_.get(), d, R, d, lm_head_.bytes() ? lm_head_ : embed_, cfg_.vocab_size, logits_.f(), cfg_.vocab_size,
+              false);
+}
+
+void CudaBackend::DropGraphs() {
+  for (auto& [batch, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+absl::Status CudaBackend::ComputeDecodeGraph(int P, const int32_t* dev, const cuda::DevicePieces& pieces) {
+  if (graphs_gen_ != workspace_gen_) {
+    DropGraphs();
+    graphs_gen_ = workspace_gen_;
+  }
+  auto it = graphs_.find(P);
+  if (it == graphs_.end()) {
+    GDN_CUDA_RETURN(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    const absl::Status computed = Compute(P, P, dev, pieces);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (!computed.ok()) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      return computed;
+    }
+    GDN_CUDA_RETURN(ended);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    GDN_CUDA_RETURN(inst);
+    it = graphs_.emplace(P, exec).first;
+  }
+  GDN_CUDA_RETURN(cudaGraphLaunch(it->second, stream_));
   return absl::OkStatus();
 }
 
@@ -436,6 +487,15 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
 }  // namespace
 
 bool CudaBackendBuilt() { return true; }
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
                                                            const CudaBackendOptions& options) {

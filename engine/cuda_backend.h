@@ -17,6 +17,7 @@ struct CudaBackendOptions {
   int num_slots = 16;  // state slots (concurrent sequences), in GPU memory
   int device = 0;      // CUDA device ordinal
   bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
+  bool cuda_graphs = true;  // decode steps replay a CUDA graph per batch size
 };
 
 // FailedPrecondition when there is no usable GPU, Unimplemented when built
@@ -26,5 +27,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const
 
 // Whether this build has the CUDA backend.
 bool CudaBackendBuilt();
+// CUDA devices this process can use (0 without a GPU, a driver or CUDA).
+int CudaDeviceCount();
 
 }  // namespace gdnserve

@@ -33,7 +33,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/config.h"
-#include "engine/cpu_backend.h"
+#include "engine/backend_factory.h"
+#include "engine/cuda_backend.h"
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
 #include "engine/json_util.h"
@@ -50,7 +51,10 @@
 
 ABSL_FLAG(std::string, model, GDNSERVE_DEFAULT_MODEL,
           "model directory (config.json, model.safetensors, tokenizer.model)");
-ABSL_FLAG(std::string, device, "cpu", "compute device: cpu (cuda is not available in this server yet)");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N (an NVIDIA GPU; needs a CUDA build)");
+ABSL_FLAG(std::string, dtype, "auto",
+          "weights' type for the matrices: auto (cpu: f32, cuda: bf16), f32 or bf16 (cuda only)");
+ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs (one per batch size)");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; the log says which)");
 ABSL_FLAG(int, http_port, 8000, "HTTP port: OpenAI API, /metrics, /healthz, /readyz (0: no HTTP)");
@@ -172,11 +176,23 @@ absl::Status CheckFlags() {
     return absl::InvalidArgumentError(absl::StrFormat("--%s must be >= %d, got %d", name, min, value));
   };
   const std::string device = absl::GetFlag(FLAGS_device);
-  if (device == "cuda") {
-    return absl::UnimplementedError(
-        "--device cuda: the CUDA backend is not wired into the server yet; use --device cpu");
+  if (device != "cpu" && device != "cuda" && !absl::StartsWith(device, "cuda:")) {
+    return absl::InvalidArgumentError("--device must be cpu, cuda or cuda:N, got " + device);
   }
-  if (device != "cpu") return absl::InvalidArgumentError("--device must be cpu or cuda, got " + device);
+  if (device != "cpu" && !gdnserve::CudaBackendBuilt()) {
+    return absl::InvalidArgumentError("--device " + device +
+                                      ": this gdnserve was built without CUDA (configure with -DGDNSERVE_CUDA=ON)");
+  }
+  if (device != "cpu" && gdnserve::CudaDeviceCount() == 0) {
+    return absl::FailedPreconditionError("--device " + device + ": no CUDA device is available");
+  }
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "auto" && dtype != "f32" && dtype != "bf16") {
+    return absl::InvalidArgumentError("--dtype must be auto, f32 or bf16, got " + dtype);
+  }
+  if (device == "cpu" && dtype == "bf16") {
+    return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");
+  }
   for (const auto& [name, port] : {std::pair{"grpc-port", absl::GetFlag(FLAGS_grpc_port)},
                                    std::pair{"http-port", absl::GetFlag(FLAGS_http_port)}}) {
     if (port < 0 || port > 65535)
@@ -248,8 +264,11 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   if (!tokenizer.ok()) return tokenizer.status();
   m.tokenizer = std::move(*tokenizer);
   const int slots = absl::GetFlag(FLAGS_max_seqs);
-  auto backend = gdnserve::CreateCpuBackend(std::move(*weights),
-                                            {.num_slots = slots, .num_threads = absl::GetFlag(FLAGS_threads)});
+  auto backend = gdnserve::CreateBackend(std::move(*weights), {.device = absl::GetFlag(FLAGS_device),
+                                                               .dtype = absl::GetFlag(FLAGS_dtype),
+                                                               .num_slots = slots,
+                                                               .num_threads = absl::GetFlag(FLAGS_threads),
+                                                               .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs)});
   if (!backend.ok()) return backend.status();
   m.backend = std::move(*backend);
 
@@ -265,7 +284,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   opts.session_ttl_ms = int64_t{1000} * absl::GetFlag(FLAGS_session_ttl_s);
   const int64_t state_bytes = m.backend->state_pool().layout().bytes_per_slot();
   // Metrics exist before the engine: it reports every step to step_metrics.
-  m.metrics = std::make_unique<srv::ServingMetrics>(registry, ModelName(dir), srv::BuildInfo{.version = GDNSERVE_VERSION, .device = "cpu"});
+  m.metrics = std::make_unique<srv::ServingMetrics>(registry, ModelName(dir), srv::BuildInfo{.version = GDNSERVE_VERSION, .device = m.backend->name()});
   m.metrics->state_bytes_per_sequence.Set(static_cast<double>(m.backend->state_pool().layout().bytes_per_slot()));
   m.step_metrics = std::make_unique<srv::StepMetrics>(*m.metrics);
   m.engine = std::make_unique<gdnserve::Engine>(m.backend.get(), m.tokenizer.get(), opts, m.step_metrics.get());
@@ -278,7 +297,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
                       .max_tokens_cap = opts.max_tokens_cap,
                       .max_n = std::min(opts.max_n, slots)};
   m.serving.model_name = name;
-  m.serving.device = "cpu";
+  m.serving.device = m.backend->name();
   m.serving.config_json = config.ToJson();
   m.serving.state_bytes_per_sequence = state_bytes;
   m.serving.metrics = m.metrics.get();
@@ -297,9 +316,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
                       "%.2fM parameters; loaded in %.2f s",
                       name, config.architecture, config.num_layers, config.hidden_size, config.num_heads,
                       config.head_dim, config.num_v_heads, config.vocab_size, params / 1e6, SecondsSince(t0)));
-  Log(absl::StrFormat("device cpu (%s threads): %d state slots x %.3f MB per sequence = %.2f MB",
-                      absl::GetFlag(FLAGS_threads) == 0 ? "all" : std::to_string(absl::GetFlag(FLAGS_threads)), slots,
-                      state_bytes / 1e6, slots * state_bytes / 1e6));
+  Log(absl::StrFormat("device %s%s: %d state slots x %.3f MB per sequence = %.2f MB", m.backend->name(),
+                      m.backend->name() != "cpu" ? ""
+                      : absl::GetFlag(FLAGS_threads) == 0
+                          ? " (all threads)"
+                          : " (" + std::to_string(absl::GetFlag(FLAGS_threads)) + " threads)",
+                      slots, state_bytes / 1e6, slots * state_bytes / 1e6));
   Log(absl::StrFormat("limits: max-prompt-tokens %d, max-tokens-cap %d, step-token-budget %d, max-queue %d, n <= %d",
                       opts.max_prompt_tokens, opts.max_tokens_cap, opts.step_token_budget, opts.max_queue,
                       m.serving.limits.max_n));

@@ -33,9 +33,52 @@ __device__ __forceinline__ void WarpAllSum(float (&v)[N]) {
   }
 }
 
-// KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per warp.
+// Per-token inputs of one warp: its lane's channels of q, k, g, b and the
+// value/write inputs of its rows.
 template <int KPL, int kRows>
-__global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
+struct TokenInputs {
+  float q[KPL], k[KPL], g[KPL], b[KPL];
+  float v[kRows], w[kRows];
+};
+
+// Channel i of lane `lane`: contiguous per lane when VEC (vector loads of
+// the state), else strided by 32 (a warp's loads of one i are 128 contiguous
+// bytes whatever K is).
+template <int KPL, bool VEC>
+__device__ __forceinline__ int Channel(int lane, int i) {
+  return VEC ? lane * KPL + i : i * 32 + lane;
+}
+
+template <int KPL, int kRows, bool VEC>
+__device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t, int hk, int hv, int v0, int lane,
+                                          const bool (&ch_ok)[KPL], const bool (&row_ok)[kRows],
+                                          TokenInputs<KPL, kRows>& in) {
+  const int K = a.K;
+  const float* qt = a.q + t * a.qk_stride + hk * K;
+  const float* kt = a.k + t * a.qk_stride + hk * K;
+  const float* gt = a.g + t * a.g_stride + hk * K;
+  const float* bt = a.b + t * a.b_stride + hk * K;
+#pragma unroll
+  for (int i = 0; i < KPL; ++i) {
+    const int c = Channel<KPL, VEC>(lane, i);
+    in.q[i] = ch_ok[i] ? __ldg(qt + c) : 0.0f;
+    in.k[i] = ch_ok[i] ? __ldg(kt + c) : 0.0f;
+    in.g[i] = ch_ok[i] ? __ldg(gt + c) : 0.0f;
+    in.b[i] = ch_ok[i] ? __ldg(bt + c) : 0.0f;
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t c = static_cast<int64_t>(hv) * a.V + v0 + r;
+    in.v[r] = row_ok[r] ? __ldg(a.v + t * a.v_stride + c) : 0.0f;
+    in.w[r] = row_ok[r] ? __ldg(a.w + t * a.w_stride + c) : 0.0f;
+  }
+}
+
+// KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per
+// warp; VEC: K == 32 * KPL and 16-byte aligned rows (vector state access).
+// The next token's inputs are loaded while the current one is computed.
+template <int KPL, int kRows, bool VEC>
+__global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
   const int piece = blockIdx.z, hv = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int v0 = (blockIdx.x * kWarps + warp) * kRows;
@@ -48,7 +91,7 @@ __global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2Recurrent
 
   bool ch_ok[KPL];
 #pragma unroll
-  for (int i = 0; i < KPL; ++i) ch_ok[i] = i * 32 + lane < K;
+  for (int i = 0; i < KPL; ++i) ch_ok[i] = VEC || Channel<KPL, VEC>(lane, i) < K;
   bool row_ok[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) row_ok[r] = v0 + r < V;
@@ -56,41 +99,43 @@ __global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2Recurrent
   float s[kRows][KPL];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
+    float* row = S + static_cast<int64_t>(v0 + r) * K;
+    if constexpr (VEC && KPL % 4 == 0) {
 #pragma unroll
-    for (int i = 0; i < KPL; ++i) {
-      s[r][i] = row_ok[r] && ch_ok[i] ? S[static_cast<int64_t>(v0 + r) * K + i * 32 + lane] : 0.0f;
+      for (int i = 0; i < KPL; i += 4) {
+        const float4 x = row_ok[r] ? *reinterpret_cast<const float4*>(row + lane * KPL + i) : float4{0, 0, 0, 0};
+        s[r][i] = x.x, s[r][i + 1] = x.y, s[r][i + 2] = x.z, s[r][i + 3] = x.w;
+      }
+    } else if constexpr (VEC && KPL == 2) {
+      const float2 x = row_ok[r] ? *reinterpret_cast<const float2*>(row + lane * 2) : float2{0, 0};
+      s[r][0] = x.x, s[r][1] = x.y;
+    } else {
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) s[r][i] = row_ok[r] && ch_ok[i] ? row[Channel<KPL, VEC>(lane, i)] : 0.0f;
     }
   }
   const float neg_a = -expf(a.a_log[hk]);
   float dtb[KPL];
 #pragma unroll
-  for (int i = 0; i < KPL; ++i) dtb[i] = ch_ok[i] ? a.dt_bias[hk * K + i * 32 + lane] : 0.0f;
+  for (int i = 0; i < KPL; ++i) dtb[i] = ch_ok[i] ? a.dt_bias[hk * K + Channel<KPL, VEC>(lane, i)] : 0.0f;
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
 
+  TokenInputs<KPL, kRows> next;
+  LoadToken<KPL, kRows, VEC>(a, t0, hk, hv, v0, lane, ch_ok, row_ok, next);
   for (int64_t t = t0; t < t1; ++t) {
-    const float* qt = a.q + t * a.qk_stride + hk * K;
-    const float* kt = a.k + t * a.qk_stride + hk * K;
-    const float* gt = a.g + t * a.g_stride + hk * K;
-    const float* bt = a.b + t * a.b_stride + hk * K;
+    const TokenInputs<KPL, kRows> cur = next;
+    if (t + 1 < t1) LoadToken<KPL, kRows, VEC>(a, t + 1, hk, hv, v0, lane, ch_ok, row_ok, next);
     float q[KPL], k[KPL], decay[KPL], e[KPL];
     float norms[3] = {0.0f, 0.0f, 0.0f};  // |q|^2, |k|^2, q.k
 #pragma unroll
     for (int i = 0; i < KPL; ++i) {
-      const int c = i * 32 + lane;
-      q[i] = ch_ok[i] ? qt[c] : 0.0f;
-      k[i] = ch_ok[i] ? kt[c] : 0.0f;
+      q[i] = cur.q[i];
+      k[i] = cur.k[i];
       norms[0] += q[i] * q[i];
       norms[1] += k[i] * k[i];
       norms[2] += q[i] * k[i];
-      decay[i] = ch_ok[i] ? expf(neg_a * Softplus(gt[c] + dtb[i])) : 1.0f;
-      e[i] = ch_ok[i] ? Sigmoid(bt[c]) * bscale : 0.0f;
-    }
-    float vv[kRows], ww[kRows];  // issued early: independent of the reductions
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int64_t c = hv * V + v0 + r;
-      vv[r] = row_ok[r] ? a.v[t * a.v_stride + c] : 0.0f;
-      ww[r] = row_ok[r] ? a.w[t * a.w_stride + c] : 0.0f;
+      decay[i] = ch_ok[i] ? expf(neg_a * Softplus(cur.g[i] + dtb[i])) : 1.0f;
+      e[i] = ch_ok[i] ? Sigmoid(cur.b[i]) * bscale : 0.0f;
     }
     WarpAllSum(norms);
     const float rq = a.scale / sqrtf(norms[0] + 1e-6f);
@@ -118,7 +163,7 @@ __global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2Recurrent
     WarpAllSum(dots);
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const float d = Sigmoid(ww[r]) * vv[r] - dots[2 * r];
+      const float d = Sigmoid(cur.w[r]) * cur.v[r] - dots[2 * r];
 #pragma unroll
       for (int i = 0; i < KPL; ++i) s[r][i] += k[i] * d;
       if (lane == r && row_ok[r]) a.out[t * a.out_stride + hv * V + v0 + r] = dots[2 * r + 1] + d * kq;
@@ -127,19 +172,52 @@ __global__ void __launch_bounds__(kWarps * 32) Gdn2RecurrentKernel(Gdn2Recurrent
 
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
+    if (!row_ok[r]) continue;
+    float* row = S + static_cast<int64_t>(v0 + r) * K;
+    if constexpr (VEC && KPL % 4 == 0) {
 #pragma unroll
-    for (int i = 0; i < KPL; ++i) {
-      if (row_ok[r] && ch_ok[i]) S[static_cast<int64_t>(v0 + r) * K + i * 32 + lane] = s[r][i];
+      for (int i = 0; i < KPL; i += 4) {
+        *reinterpret_cast<float4*>(row + lane * KPL + i) = float4{s[r][i], s[r][i + 1], s[r][i + 2], s[r][i + 3]};
+      }
+    } else if constexpr (VEC && KPL == 2) {
+      *reinterpret_cast<float2*>(row + lane * 2) = float2{s[r][0], s[r][1]};
+    } else {
+#pragma unroll
+      for (int i = 0; i < KPL; ++i) {
+        if (ch_ok[i]) row[Channel<KPL, VEC>(lane, i)] = s[r][i];
+      }
     }
   }
 }
 
+template <int KPL, int kRows>
+cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
+  const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV, a.pieces.num_pieces);
+  // Vector state access needs whole 16-byte (8-byte for KPL 2) rows.
+  const int align = KPL == 2 ? 2 : 4;
+  const bool vec = KPL >= 2 && a.K == 32 * KPL && a.state.slot_stride % align == 0 &&
+                   a.state.recurrent_offset % align == 0 &&
+                   reinterpret_cast<uintptr_t>(a.state.base) % (align * sizeof(float)) == 0;
+  if (vec) {
+    Gdn2RecurrentKernel<KPL, kRows, true><<<grid, kWarps * 32, 0, stream>>>(a);
+  } else {
+    Gdn2RecurrentKernel<KPL, kRows, false><<<grid, kWarps * 32, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+// Decode batches (one token per piece) take 8 rows a warp (K <= 128): more
+// state bytes in flight per SM. Longer pieces take 4 (2 for K > 128), leaving
+// registers for the prefetch within the 128 that 4 blocks an SM allow.
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
-  constexpr int kRows = 4;
-  const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV, a.pieces.num_pieces);
-  Gdn2RecurrentKernel<KPL, kRows><<<grid, kWarps * 32, 0, stream>>>(a);
-  return cudaGetLastError();
+  if constexpr (KPL <= 4) {
+    if (a.pieces.num_tokens == a.pieces.num_pieces) return LaunchRows<KPL, 8>(a, stream);
+    return LaunchRows<KPL, 4>(a, stream);
+  } else {
+    if (a.pieces.num_tokens == a.pieces.num_pieces) return LaunchRows<KPL, 4>(a, stream);
+    return LaunchRows<KPL, 2>(a, stream);
+  }
 }
 
 }  // namespace

@@ -132,7 +132,10 @@ TEST(Lifecycle, BadModelDirIsAOneLineError) {
 }
 
 TEST(Lifecycle, BadFlagsAreOneLineErrors) {
+  // No GPU here (CI): a CUDA build says so after loading, a CPU-only build at once.
   ExpectStartupError({"--model", TestModelDir("tiny"), "--device", "cuda"}, "--device cuda");
+  ExpectStartupError({"--model", TestModelDir("tiny"), "--dtype", "bf16"}, "--dtype bf16 needs --device cuda");
+  ExpectStartupError({"--model", TestModelDir("tiny"), "--dtype", "f8"}, "--dtype");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--device", "tpu"}, "--device");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--max-seqs", "0"}, "--max-seqs");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--grpc-port", "70000"}, "--grpc-port");

@@ -14,7 +14,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
-#include "engine/cpu_backend.h"
+#include "engine/backend_factory.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "engine/weights.h"
@@ -30,6 +30,8 @@ ABSL_FLAG(double, repetition_penalty, 1.0, "penalty on tokens already seen (1: o
 ABSL_FLAG(int64_t, seed, -1, "sampling seed (-1: random)");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating after the end-of-sequence token");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: all cores)");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, "auto", "matrices' type: auto (cpu: f32, cuda: bf16), f32 or bf16 (cuda only)");
 ABSL_FLAG(std::string, perplexity, "", "instead of generating, print the perplexity of this text file");
 ABSL_FLAG(int, chunk, 512, "prefill piece length in tokens for --perplexity");
 
@@ -98,8 +100,10 @@ int main(int argc, char** argv) {
   const int64_t params = (*weights)->num_parameters();
   auto tokenizer = gdnserve::Tokenizer::Load(dir + "/tokenizer.model");
   if (!tokenizer.ok()) return Fail(tokenizer.status());
-  auto backend = gdnserve::CreateCpuBackend(std::move(*weights),
-                                            {.num_slots = 1, .num_threads = absl::GetFlag(FLAGS_threads)});
+  auto backend = gdnserve::CreateBackend(std::move(*weights), {.device = absl::GetFlag(FLAGS_device),
+                                                               .dtype = absl::GetFlag(FLAGS_dtype),
+                                                               .num_slots = 1,
+                                                               .num_threads = absl::GetFlag(FLAGS_threads)});
   if (!backend.ok()) return Fail(backend.status());
   gdnserve::Backend& be = **backend;
   const gdnserve::Tokenizer& tok = **tokenizer;

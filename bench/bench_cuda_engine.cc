@@ -1,0 +1,302 @@
+// CUDA engine benchmark: the GPU's two ceilings measured in the same run
+// (device copy bandwidth, bf16 GEMM rate), then on a model (a directory, or a
+// random one of a named shape built in memory):
+//   - decode step time at several batch sizes next to the memory floor
+//     (weight bytes read once + each sequence's state read and written once);
+//   - prefill tokens/s at several prompt lengths, one sequence and several;
+//   - GPU memory per sequence after a short and a long context.
+//
+//   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,16,64,256]
+//                     [--prefill 2048,8192] [--prefill-seqs 1,8] [--chunk 8192] [--steps 30] [--json FILE]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/random_weights.h"
+#include "engine/cuda_backend.h"
+#include "engine/weights.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+#define CHECK_CUDA(x)                                                                 \
+  do {                                                                                \
+    cudaError_t e_ = (x);                                                             \
+    if (e_ != cudaSuccess) {                                                          \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_));                   \
+      std::exit(1);                                                                   \
+    }                                                                                 \
+  } while (0)
+
+// Device-to-device copy of 1 GiB: bytes read + written per second, best of 10.
+double MeasureCopyBandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  float best = 1e30f;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(e0);
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 2) best = std::min(best, ms);
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes / (best * 1e-3);
+}
+
+// 8192^3 bf16 GEMM with float32 accumulation on random data, best of 10.
+double MeasureBf16GemmFlops() {
+  const int n = 8192;
+  std::vector<uint16_t> h(static_cast<size_t>(n) * n);
+  std::mt19937 rng(7);
+  for (auto& x : h) x = static_cast<uint16_t>(0x3c00 + (rng() & 0x3ff)) ^ ((rng() & 1) << 15);  // +-[0.0078, 0.0156)
+  void *a, *b, *c;
+  CHECK_CUDA(cudaMalloc(&a, h.size() * 2));
+  CHECK_CUDA(cudaMalloc(&b, h.size() * 2));
+  CHECK_CUDA(cudaMalloc(&c, h.size() * 2));
+  CHECK_CUDA(cudaMemcpy(a, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  cublasHandle_t handle;
+  cublasCreate(&handle);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  const float alpha = 1, beta = 0;
+  float best = 1e30f;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(e0);
+    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, c,
+                 CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 2) best = std::min(best, ms);
+  }
+  cublasDestroy(handle);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return 2.0 * n * n * n / (best * 1e-3);
+}
+
+std::vector<int> ParseInts(const std::string& s) {
+  std::vector<int> out;
+  for (absl::string_view p : absl::StrSplit(s, ',')) {
+    int v;
+    if (absl::SimpleAtoi(p, &v)) out.push_back(v);
+  }
+  return out;
+}
+
+size_t DeviceUsed() {
+  size_t free_b = 0, total = 0;
+  cudaMemGetInfo(&free_b, &total);
+  return total - free_b;
+}
+
+const char* kUsage =
+    "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,16,64,256]\n"
+    "                         [--prefill 2048,8192,32768,65536] [--prefill-seqs 1,8] [--chunk 8192]\n"
+    "                         [--steps 30] [--json FILE]\n"
+    "Times the CUDA backend against this GPU's measured copy bandwidth and bf16 GEMM rate.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, shape = "gdn2_1.3b", json_path;
+  bool f32 = false;
+  std::vector<int> batches = {1, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
+  int chunk = 8192, steps = 30;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--model") model = next();
+    else if (a == "--shape") shape = next();
+    else if (a == "--f32") f32 = true;
+    else if (a == "--batches") batches = ParseInts(next());
+    else if (a == "--prefill") prefill = ParseInts(next());
+    else if (a == "--prefill-seqs") prefill_seqs = ParseInts(next());
+    else if (a == "--chunk") chunk = std::stoi(next());
+    else if (a == "--steps") steps = std::stoi(next());
+    else if (a == "--json") json_path = next();
+    else {
+      std::fputs(kUsage, a == "--help" ? stdout : stderr);
+      return a == "--help" ? 0 : 1;
+    }
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::fprintf(stderr, "bench_cuda_engine: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+  const double bw = MeasureCopyBandwidth();
+  const double flops = MeasureBf16GemmFlops();
+  std::printf("ceilings: device copy %.0f GB/s (read + write), bf16 GEMM %.0f TFLOP/s\n", bw / 1e9, flops / 1e12);
+
+  std::shared_ptr<const gdnserve::ModelWeights> weights;
+  if (!model.empty()) {
+    auto w = gdnserve::LoadModelWeights(model, [](int done, int total) {
+      std::fprintf(stderr, "\rloading %d/%d layers", done, total);
+    });
+    std::fprintf(stderr, "\n");
+    if (!w.ok()) {
+      std::fprintf(stderr, "bench_cuda_engine: %s\n", std::string(w.status().message()).c_str());
+      return 1;
+    }
+    weights = std::move(*w);
+  } else if (shape == "gdn2_1.3b") {
+    auto cfg = gdnserve::ParseModelConfig(
+        R"({"architecture":"gdn2","vocab_size":32000,"hidden_size":2304,"num_layers":18,"num_heads":16,)"
+        R"("head_dim":128,"intermediate_size":6208,"tie_word_embeddings":false})");
+    if (!cfg.ok()) {
+      std::fprintf(stderr, "bench_cuda_engine: %s\n", std::string(cfg.status().message()).c_str());
+      return 1;
+    }
+    const auto t = Clock::now();
+    weights = gdnserve::bench::RandomModelWeights(*cfg, 1234);
+    std::printf("random %s weights built in %.1f s\n", shape.c_str(), Since(t));
+    model = "random " + shape;
+  } else {
+    std::fprintf(stderr, "bench_cuda_engine: unknown --shape %s (gdn2_1.3b)\n", shape.c_str());
+    return 1;
+  }
+  const gdnserve::ModelConfig cfg = weights->config;
+  const int64_t params = weights->num_parameters();
+  const int64_t embed_params = static_cast<int64_t>(cfg.vocab_size) * cfg.hidden_size;
+  const int64_t wbytes_per = f32 ? 4 : 2;
+  // Read per decode step: every matrix but the embedding table (B rows of it),
+  // the lm_head in full (the tied table counts once, as the lm_head).
+  const int64_t step_weight_bytes = (params - (cfg.tie_word_embeddings ? 0 : embed_params)) * wbytes_per;
+
+  const int max_batch = std::max(*std::max_element(batches.begin(), batches.end()),
+                                 *std::max_element(prefill_seqs.begin(), prefill_seqs.end()));
+  const size_t used0 = DeviceUsed();
+  nlohmann::json report = {{"device", prop.name},
+                           {"model", model},
+                           {"parameters", params},
+                           {"copy_bytes_per_s", bw},
+                           {"bf16_gemm_flops", flops},
+                           {"decode", nlohmann::json::array()},
+                           {"prefill", nlohmann::json::array()}};
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> tok(3, cfg.vocab_size - 1);
+  gdnserve::ForwardOutput out;
+  auto fail = [&](const absl::Status& s) {
+    std::fprintf(stderr, "bench_cuda_engine: %s\n", std::string(s.message()).c_str());
+    std::exit(1);
+  };
+
+  // Decode, without and then with CUDA graphs (the last backend stays for prefill).
+  std::unique_ptr<gdnserve::Backend> backend;
+  int64_t state_bytes = 0;
+  for (const bool graphs : {false, true}) {
+    backend.reset();
+    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs});
+    if (!created.ok()) fail(created.status());
+    backend = std::move(*created);
+    gdnserve::Backend& be = *backend;
+    state_bytes = be.state_pool().layout().bytes_per_slot();
+    std::printf("\nmodel %s (%s, CUDA graphs %s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
+                "%.2f GB on the GPU\n",
+                model.c_str(), be.name().c_str(), graphs ? "on" : "off", params / 1e9, state_bytes / 1e6, max_batch,
+                (DeviceUsed() - used0) / 1e9);
+    report["backend"] = be.name();
+    report["state_bytes_per_sequence"] = state_bytes;
+    std::printf("%6s %12s %12s %8s %14s\n", "batch", "step ms", "floor ms", "x floor", "tokens/s");
+    for (int B : batches) {
+      std::vector<int> slots(B);
+      std::vector<std::vector<int32_t>> prompts(B);
+      std::vector<gdnserve::SeqPiece> batch(B);
+      for (int i = 0; i < B; ++i) {
+        slots[i] = *be.state_pool().Acquire();
+        prompts[i].resize(16);
+        for (auto& t : prompts[i]) t = tok(rng);
+        batch[i] = {slots[i], prompts[i], false};
+      }
+      if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
+      std::vector<int32_t> next(B);
+      for (int i = 0; i < B; ++i) {
+        next[i] = tok(rng);
+        batch[i] = {slots[i], absl::MakeConstSpan(&next[i], 1), false};
+      }
+      for (int w = 0; w < 3; ++w) {
+        if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
+      }
+      std::vector<double> times;
+      for (int s = 0; s < steps; ++s) {
+        const auto t = Clock::now();
+        if (absl::Status st = be.Forward(batch, &out); !st.ok()) fail(st);
+        times.push_back(Since(t));
+      }
+      std::sort(times.begin(), times.end());
+      const double med = times[times.size() / 2];
+      const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
+      std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
+      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"step_seconds", med},
+                                  {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
+      for (int s : slots) (void)be.state_pool().Release(s);
+    }
+  }
+  weights.reset();
+  gdnserve::Backend& be = *backend;
+
+  // Prefill: S sequences of n tokens each, fed `chunk` tokens per forward
+  // (split evenly over the sequences, as the scheduler does).
+  std::printf("\n%6s %8s %10s %14s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "GPU GB");
+  const double layer_flops_per_token =
+      2.0 * (params - embed_params - (cfg.tie_word_embeddings ? 0 : embed_params));
+  for (int S : prefill_seqs) {
+    for (int n : prefill) {
+      std::vector<int> slots(S);
+      std::vector<std::vector<int32_t>> ids(S);
+      for (int i = 0; i < S; ++i) {
+        slots[i] = *be.state_pool().Acquire();
+        ids[i].resize(n);
+        for (auto& t : ids[i]) t = tok(rng);
+      }
+      const int per = std::max(1, chunk / S);
+      const auto t = Clock::now();
+      for (int pos = 0; pos < n; pos += per) {
+        std::vector<gdnserve::SeqPiece> batch;
+        for (int i = 0; i < S; ++i) {
+          batch.push_back({slots[i], absl::MakeConstSpan(ids[i]).subspan(pos, std::min(per, n - pos)), false});
+        }
+        if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
+      }
+      const double sec = Since(t);
+      const double tps = static_cast<double>(S) * n / sec;
+      std::printf("%6d %8d %10.3f %14.0f %10.2f\n", S, n, sec, tps, DeviceUsed() / 1e9);
+      report["prefill"].push_back({{"sequences", S}, {"tokens", n}, {"seconds", sec},
+                                   {"gemm_floor_seconds", layer_flops_per_token * S * n / flops},
+                                   {"device_bytes_used", DeviceUsed()}});
+      for (int s : slots) (void)be.state_pool().Release(s);
+    }
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << report.dump(2) << "\n";
+  return 0;
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One GPU-machine call: build the engine-only tree with CUDA, run the CUDA
+# tests (kernels vs CPU twins, backend vs CPU backend), then the benchmarks
+# (engine decode/prefill on the 1.3B shape; the decode kernel alone vs
+# flash-linear-attention). Logs and JSON go to $OUT (or bench/out).
+#
+# Needs, carried with the tree: .deps (scripts/fetch_device_deps.sh), .whl
+# (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
+# --suite tests --out tests/out/models: the machine has no spm_train).
+#   bash bench/gpu/run_device.sh [tests|bench|all]   (default all)
+set -uo pipefail
+what=${1:-all}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+out=${OUT:-$root/bench/out}
+mkdir -p "$out"
+source scripts/device_env.sh > "$out/env.log" 2>&1 || { cat "$out/env.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+t0=$(date +%s)
+cmake --preset engine-only -DGDNSERVE_CUDA=ON -DGDNSERVE_TESTS=ON -DGDNSERVE_BENCH=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DGDNSERVE_PYTHON="$(command -v python3)" > "$out/configure.log" 2>&1 \
+  || { tail -40 "$out/configure.log"; exit 1; }
+cmake --build build/engine-only -j "$(nproc)" --target cuda_smoke_test cuda_kernels_test cuda_backend_test \
+  bench_cuda_engine gdn_cuda_capi > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+rc=0
+if [[ $what == tests || $what == all ]]; then
+  export GDNSERVE_TEST_MODELS=$root/tests/out/models
+  for t in cuda_smoke_test cuda_kernels_test cuda_backend_test; do
+    timeout 300 build/engine-only/tests/$t > "$out/$t.log" 2>&1
+    r=$?
+    echo "$t: exit $r; $(grep -E '^\[  (PASSED|FAILED) ' "$out/$t.log" | tr '\n' ' ')"
+    grep -E "Failure|error|worst|FAILED|gap" "$out/$t.log" | head -30
+    [[ $r == 0 ]] || rc=1
+  done
+fi
+if [[ $what == bench || $what == all ]]; then
+  timeout 420 build/engine-only/bench/bench_cuda_engine --json "$out/engine_bench.json" 2>&1 | tee "$out/engine_bench.log"
+  timeout 120 python3 bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
+    --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
+fi
+exit $rc

@@ -1,0 +1,44 @@
+// A C ABI over the GDN-2 recurrence kernel, so Python (ctypes + PyTorch
+// tensors) can run it side by side with other implementations on identical
+// device buffers (bench/gpu/decode_kernel_bench.py). Pointers are device
+// pointers; returns a cudaError_t as int.
+#include <cstdint>
+
+#include "kernels/cuda/ops.h"
+
+extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_stride, const float* v,
+                                   int64_t v_stride, const float* g, int64_t g_stride, const float* b,
+                                   int64_t b_stride, const float* w, int64_t w_stride, const float* a_log,
+                                   const float* dt_bias, int allow_neg_eigval, float scale, int H, int HV, int K,
+                                   int V, float* state, int64_t slot_stride, const int32_t* piece_start,
+                                   const int32_t* piece_slot, int num_pieces, int64_t num_tokens, float* out,
+                                   int64_t out_stride, void* stream) {
+  gdnserve::cuda::Gdn2RecurrentArgs a;
+  a.q = q;
+  a.k = k;
+  a.qk_stride = qk_stride;
+  a.v = v;
+  a.v_stride = v_stride;
+  a.g = g;
+  a.g_stride = g_stride;
+  a.b = b;
+  a.b_stride = b_stride;
+  a.w = w;
+  a.w_stride = w_stride;
+  a.a_log = a_log;
+  a.dt_bias = dt_bias;
+  a.allow_neg_eigval = allow_neg_eigval != 0;
+  a.scale = scale;
+  a.H = H;
+  a.HV = HV;
+  a.K = K;
+  a.V = V;
+  a.state = {state, slot_stride, 0, 0};
+  a.pieces.start = piece_start;
+  a.pieces.slot = piece_slot;
+  a.pieces.num_pieces = num_pieces;
+  a.pieces.num_tokens = num_tokens;
+  a.out = out;
+  a.out_stride = out_stride;
+  return static_cast<int>(gdnserve::cuda::Gdn2Recurrent(a, static_cast<cudaStream_t>(stream)));
+}
