@@ -1,0 +1,122 @@
+"""Plots the GPU benchmarks of bench/gpu/run_device.sh.
+
+    plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--out-dir DIR]
+
+ENGINE_JSON (default bench/out/engine_bench.json) is bench_cuda_engine's
+report, KERNEL_JSON (default bench/out/decode_kernel.json) that of
+bench/gpu/decode_kernel_bench.py. Writes DIR/gpu_decode.png (decode step time
+vs batch, CUDA graphs on and off, against the memory floor; the decode kernel
+alone, ours vs flash-linear-attention, as % of copy bandwidth) and
+DIR/gpu_prefill.png (prefill tokens/s and GPU memory vs context length).
+DIR defaults to the directory of this script (bench/).
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_decode(engine: dict, kernel: dict, path: str) -> None:
+    fig, (ax, kx) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    rows = engine["decode"]
+    for graphs, style, label in [(False, "s-", "CUDA graphs off"), (True, "o-", "CUDA graphs on")]:
+        rs = sorted((r for r in rows if r["cuda_graphs"] == graphs), key=lambda r: r["batch"])
+        if not rs:
+            continue
+        ax.plot([r["batch"] for r in rs], [r["step_seconds"] * 1e3 for r in rs], style, label=label)
+        if graphs:
+            for r in rs:
+                ax.annotate(f"{r['step_seconds'] / r['floor_seconds']:.2f}x", (r["batch"], r["step_seconds"] * 1e3),
+                            textcoords="offset points", xytext=(4, -14), fontsize=8)
+    fl = sorted({(r["batch"], r["floor_seconds"]) for r in rows})
+    ax.plot([b for b, _ in fl], [f * 1e3 for _, f in fl], "k--",
+            label="floor: weights + 2 x state at copy bandwidth")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([b for b, _ in fl], [str(b) for b, _ in fl])
+    ax.set_xlabel("decode batch (sequences)")
+    ax.set_ylabel("ms per step (median)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Engine decode step, {engine['parameters'] / 1e9:.2f}B GDN-2 ({engine.get('backend', '')}),\n"
+                 f"{engine['device']}, copy {engine['copy_bytes_per_s'] / 1e9:.0f} GB/s; labels: step / floor",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+    krows = sorted(kernel["rows"], key=lambda r: r["batch"])
+    xs = range(len(krows))
+    width = 0.38
+    for off, key, label in [(-width / 2, "ours_s", "gdnserve"), (width / 2, "fla_s", "fla fused_recurrent_gdn2")]:
+        pct = [100 * r["bytes"] / r[key] / r["copy_bytes_per_s"] for r in krows]
+        bars = kx.bar([x + off for x in xs], pct, width, label=label)
+        for b, r, p in zip(bars, krows, pct):
+            kx.annotate(f"{p:.0f}%\n{r[key] * 1e6:.1f} us", (b.get_x() + b.get_width() / 2, p),
+                        textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
+    kx.set_xticks(list(xs))
+    kx.set_xticklabels([str(r["batch"]) for r in krows])
+    kx.set_xlabel("batch (sequences, one token each)")
+    kx.set_ylabel("% of copy bandwidth (state read + written, I/O)")
+    kx.set_ylim(0, 110)
+    kx.axhline(100, color="k", ls="--", lw=1)
+    kx.set_title(f"Decode recurrence kernel alone, H={kernel['H']}, K=V={kernel['K']}, float32\n"
+                 f"{kernel['device']}, copy {krows[0]['copy_bytes_per_s'] / 1e9:.0f} GB/s", fontsize=10)
+    kx.legend(fontsize=8, loc="upper left")
+    kx.grid(alpha=0.3, axis="y")
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def plot_prefill(engine: dict, path: str) -> None:
+    fig, (ax, mx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    seqs = sorted({r["sequences"] for r in engine["prefill"]})
+    for s in seqs:
+        rs = sorted((r for r in engine["prefill"] if r["sequences"] == s), key=lambda r: r["tokens"])
+        n = [r["tokens"] for r in rs]
+        ax.plot(n, [s * r["tokens"] / r["seconds"] for r in rs], "o-", label=f"{s} sequence(s)")
+        mx.plot(n, [r["device_bytes_used"] / 1e9 for r in rs], "o-", label=f"{s} sequence(s)")
+    # The GEMM floor in tokens/s is the same at every length and batch.
+    r0 = engine["prefill"][0]
+    floor_tps = r0["sequences"] * r0["tokens"] / r0["gemm_floor_seconds"]
+    ax.axhline(floor_tps, color="k", ls="--", label=f"GEMM FLOP floor ({floor_tps / 1e3:.0f}K tokens/s)")
+    for a in (ax, mx):
+        a.set_xscale("log", base=2)
+        lengths = sorted({r["tokens"] for r in engine["prefill"]})
+        a.set_xticks(lengths, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths])
+        a.set_xlabel("context length (tokens per sequence)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8, loc="center right")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("prefill tokens/s")
+    ax.set_title(f"Prefill (sequential-scan recurrence), {engine['device']},\n"
+                 f"bf16 GEMM {engine['bf16_gemm_flops'] / 1e12:.0f} TFLOP/s", fontsize=10)
+    mx.set_ylabel("GPU memory in use, GB (whole device)")
+    mx.set_ylim(0, max(r["device_bytes_used"] for r in engine["prefill"]) / 1e9 * 1.25)
+    mx.set_title(f"GPU memory after the prefill; state {engine['state_bytes_per_sequence'] / 1e6:.1f} MB "
+                 f"per sequence at any context", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("engine_json", nargs="?", default="bench/out/engine_bench.json")
+    ap.add_argument("kernel_json", nargs="?", default="bench/out/decode_kernel.json")
+    ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    args = ap.parse_args()
+    with open(args.engine_json) as f:
+        engine = json.load(f)
+    with open(args.kernel_json) as f:
+        kernel = json.load(f)
+    plot_decode(engine, kernel, os.path.join(args.out_dir, "gpu_decode.png"))
+    plot_prefill(engine, os.path.join(args.out_dir, "gpu_prefill.png"))
+
+
+if __name__ == "__main__":
+    main()
