@@ -153,6 +153,16 @@ class CudaBackend final : public Backend {
   // generation workspace_gen_ (a reallocation makes them stale).
   std::map<int, cudaGraphExec_t> graphs_;
   uint64_t workspace_gen_ = 0, graphs_gen_ = 0;
+
+  // Pieces of at least kChunkMinTokens go to the chunkwise kernel (when the
+  // device has the shared memory for it), the rest token by token.
+  static constexpr int kChunkMinTokens = 16;
+  bool use_chunk_ = false;
+  struct Split {
+    const int32_t* chunk_list = nullptr;  // device
+    const int32_t* rec_list = nullptr;    // device
+    int num_chunk = 0, num_rec = 0, rec_max_len = 0;
+  } split_;
 };
 
 absl::Status CudaBackend::Upload(DeviceBuffer& buf, const std::vector<float>& host, DType type) {
@@ -185,6 +195,7 @@ absl::Status CudaBackend::Init() {
   GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
   GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
+  use_chunk_ = options_.chunked_prefill && cuda::Gdn2ChunkSupported(cfg_.head_dim);
   if (absl::Status s = cublas_workspace_.Reserve(32 << 20); !s.ok()) return s;
   GDN_CUBLAS_RETURN(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
   // float32 weights stay float32 all the way (no TF32).
@@ -277,7 +288,7 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
 }
 
 absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
-  const size_t ints = static_cast<size_t>(2 * T + R + 2 * num_pieces + 1);
+  const size_t ints = static_cast<size_t>(2 * T + R + 4 * num_pieces + 1);
   if (ints > host_ints_cap_) {
     ++workspace_gen_;
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
@@ -359,7 +370,20 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
     t += n;
   }
   start[P] = static_cast<int32_t>(T);
-  const size_t nints = static_cast<size_t>(2 * T + R + 2 * P + 1);
+  // Pieces for the chunkwise kernel (prefill) and for the token-by-token one.
+  int32_t* chunk_list = slot + P;
+  int32_t* rec_list = chunk_list + P;
+  split_ = {};
+  for (int i = 0; i < P; ++i) {
+    const int n = static_cast<int>(batch[i].tokens.size());
+    if (use_chunk_ && n >= kChunkMinTokens) {
+      chunk_list[split_.num_chunk++] = i;
+    } else {
+      rec_list[split_.num_rec++] = i;
+      split_.rec_max_len = std::max(split_.rec_max_len, n);
+    }
+  }
+  const size_t nints = static_cast<size_t>(2 * T + R + 4 * P + 1);
   GDN_CUDA_RETURN(cudaMemcpyAsync(ints_.get(), host_ints_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   const int32_t* dev = ints_.get<int32_t>();
   cuda::DevicePieces pieces;
@@ -368,6 +392,8 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
   pieces.token_piece = dev + T;
   pieces.num_pieces = P;
   pieces.num_tokens = T;
+  split_.chunk_list = pieces.slot + P;
+  split_.rec_list = split_.chunk_list + P;
 
   const bool decode = T == P && R == P;
   if (absl::Status s = decode && options_.cuda_graphs ? ComputeDecodeGraph(P, dev, pieces) : Compute(T, R, dev, pieces);
@@ -471,7 +497,24 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   g.pieces = pieces;
   g.out = o_.f();
   g.out_stride = value_dim;
-  GDN_CUDA_RETURN(cuda::Gdn2Recurrent(g, stream_));
+  // Each kernel takes its list, or the whole batch when the other has none.
+  if (split_.num_rec > 0) {
+    cuda::Gdn2RecurrentArgs r = g;
+    if (split_.num_chunk > 0) {
+      r.piece_list = split_.rec_list;
+      r.num_listed = split_.num_rec;
+    }
+    r.max_len = split_.rec_max_len;
+    GDN_CUDA_RETURN(cuda::Gdn2Recurrent(r, stream_));
+  }
+  if (split_.num_chunk > 0) {
+    cuda::Gdn2RecurrentArgs c = g;
+    if (split_.num_rec > 0) {
+      c.piece_list = split_.chunk_list;
+      c.num_listed = split_.num_chunk;
+    }
+    GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
+  }
   GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), z_.f(), value_dim, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
                                      cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));
   if (absl::Status s = Gemm(oa_.get(), value_dim, T, value_dim, lw.o_proj, d, x_.f(), d, true); !s.ok()) return s;

@@ -18,6 +18,7 @@ struct CudaBackendOptions {
   int device = 0;      // CUDA device ordinal
   bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
   bool cuda_graphs = true;  // decode steps replay a CUDA graph per batch size
+  bool chunked_prefill = true;  // prefill pieces through the chunkwise kernel (else token by token)
 };
 
 // FailedPrecondition when there is no usable GPU, Unimplemented when built

@@ -99,12 +99,19 @@ struct Shape {
   int H, HV, K, V;
 };
 
-// The recurrence (gates and norms fused) vs the CPU ops + Gdn2RecurrentHead,
-// outputs and final states, float32 throughout.
-TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
-  SKIP_WITHOUT_GPU();
-  const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {1, 2, 256, 64}, {2, 2, 48, 40}};
-  const std::vector<int> lengths = {1, 15, 16, 17, 63, 64, 65, 130, 1, 1};
+using Gdn2Kernel = cudaError_t (*)(const cuda::Gdn2RecurrentArgs&, cudaStream_t);
+
+// A GDN-2 kernel (gates and norms fused) vs the CPU ops + Gdn2RecurrentHead,
+// outputs and final states, float32 throughout; every piece, or a listed
+// subset (the others' slots must stay untouched).
+void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const std::vector<int>& lengths,
+                     bool use_list, std::mt19937_64& rng) {
+  auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
+    std::normal_distribution<float> d(mean, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+  };
   for (const Shape& sh : shapes) {
     for (const bool extreme : {false, true}) {
       for (const bool neg : {false, true}) {
@@ -156,7 +163,16 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
         a.pieces = db.pieces;
         a.out = d_out.get();
         a.out_stride = value_dim;
-        ASSERT_EQ(cuda::Gdn2Recurrent(a, nullptr), cudaSuccess);
+        a.max_len = *std::max_element(lengths.begin(), lengths.end());
+        // With a list: every other piece, in reverse order.
+        std::vector<int32_t> list;
+        for (int p = P - 1; p >= 0; p -= 2) list.push_back(p);
+        Dev<int32_t> d_list(list);
+        if (use_list) {
+          a.piece_list = d_list.get();
+          a.num_listed = static_cast<int>(list.size());
+        }
+        ASSERT_EQ(kernel(a, nullptr), cudaSuccess);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
         // CPU twin.
@@ -172,6 +188,7 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
         std::vector<float> want_pool = pool, want_out(T * value_dim);
         const int group = sh.HV / sh.H;
         for (int p = 0; p < P; ++p) {
+          if (use_list && std::find(list.begin(), list.end(), p) == list.end()) continue;
           const int64_t t0 = b.start[p], n = lengths[p];
           for (int hv = 0; hv < sh.HV; ++hv) {
             const int hk = hv / group;
@@ -183,17 +200,49 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
                                    &want_out[t0 * value_dim + hv * sh.V], value_dim);
           }
         }
-        EXPECT_LE(RelErr(d_out.host(), want_out), 1e-4);
+        std::vector<float> got_out = d_out.host();
+        if (use_list) {  // rows of unlisted pieces are not written: compare listed rows only
+          for (int p = 0; p < P; ++p) {
+            if (std::find(list.begin(), list.end(), p) != list.end()) continue;
+            for (int64_t t = b.start[p]; t < b.start[p + 1]; ++t) {
+              std::fill_n(&got_out[t * value_dim], value_dim, 0.0f);
+              std::fill_n(&want_out[t * value_dim], value_dim, 0.0f);
+            }
+          }
+        }
+        EXPECT_LE(RelErr(got_out, want_out), 1e-4);
         const std::vector<float> got_pool = d_pool.host();
         EXPECT_LE(RelErr(got_pool, want_pool), 1e-4);
-        // Slots not in the batch are untouched, bit for bit.
+        // Slots not run are untouched, bit for bit.
         for (int s = 0; s < num_slots; ++s) {
-          if (std::find(slots.begin(), slots.end(), s) != slots.end()) continue;
+          const auto it = std::find(slots.begin(), slots.end(), s);
+          const bool ran = it != slots.end() &&
+                           (!use_list || std::find(list.begin(), list.end(), it - slots.begin()) != list.end());
+          if (ran) continue;
           EXPECT_EQ(0, std::memcmp(&got_pool[s * slot_stride], &pool[s * slot_stride], slot_stride * 4)) << s;
         }
       }
     }
   }
+}
+
+TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {1, 2, 256, 64}, {2, 2, 48, 40}};
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 1, 1}, false, rng_);
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 64, 64}}, {1, 1, 1, 1, 1}, false, rng_);  // a decode batch
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 4, 64, 32}}, {3, 1, 70, 1, 5}, true, rng_);
+}
+
+// The chunkwise kernel vs the same CPU recurrence: every length edge case
+// (1, 15-17, 63-65, several chunks), extreme gates, grouped value heads,
+// V not a multiple of the block's tile.
+TEST_F(CudaKernelTest, ChunkedMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::Gdn2ChunkSupported(128)) GTEST_SKIP() << "not enough shared memory for the chunk kernel";
+  const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {2, 2, 48, 40}, {1, 1, 128, 72}};
+  CheckGdn2Kernel(cuda::Gdn2Chunked, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 200, 2}, false, rng_);
+  CheckGdn2Kernel(cuda::Gdn2Chunked, {{2, 4, 64, 32}}, {300, 1, 70, 1, 64}, true, rng_);
 }
 
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {

@@ -79,7 +79,8 @@ __device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t,
 // The next token's inputs are loaded while the current one is computed.
 template <int KPL, int kRows, bool VEC>
 __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
-  const int piece = blockIdx.z, hv = blockIdx.y;
+  const int piece = a.piece_list ? a.piece_list[blockIdx.z] : static_cast<int>(blockIdx.z);
+  const int hv = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int v0 = (blockIdx.x * kWarps + warp) * kRows;
   if (v0 >= a.V) return;  // no block-level synchronisation below
@@ -120,11 +121,18 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
   for (int i = 0; i < KPL; ++i) dtb[i] = ch_ok[i] ? a.dt_bias[hk * K + Channel<KPL, VEC>(lane, i)] : 0.0f;
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
 
+  // Decode launches (PREFETCH off) have one token: no registers for a next one.
+  constexpr bool kPrefetch = kRows <= 4;
   TokenInputs<KPL, kRows> next;
-  LoadToken<KPL, kRows, VEC>(a, t0, hk, hv, v0, lane, ch_ok, row_ok, next);
+  if constexpr (kPrefetch) LoadToken<KPL, kRows, VEC>(a, t0, hk, hv, v0, lane, ch_ok, row_ok, next);
   for (int64_t t = t0; t < t1; ++t) {
-    const TokenInputs<KPL, kRows> cur = next;
-    if (t + 1 < t1) LoadToken<KPL, kRows, VEC>(a, t + 1, hk, hv, v0, lane, ch_ok, row_ok, next);
+    TokenInputs<KPL, kRows> cur;
+    if constexpr (kPrefetch) {
+      cur = next;
+      if (t + 1 < t1) LoadToken<KPL, kRows, VEC>(a, t + 1, hk, hv, v0, lane, ch_ok, row_ok, next);
+    } else {
+      LoadToken<KPL, kRows, VEC>(a, t, hk, hv, v0, lane, ch_ok, row_ok, cur);
+    }
     float q[KPL], k[KPL], decay[KPL], e[KPL];
     float norms[3] = {0.0f, 0.0f, 0.0f};  // |q|^2, |k|^2, q.k
 #pragma unroll
@@ -192,7 +200,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
 
 template <int KPL, int kRows>
 cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
-  const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV, a.pieces.num_pieces);
+  const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV,
+                  a.piece_list ? a.num_listed : a.pieces.num_pieces);
   // Vector state access needs whole 16-byte (8-byte for KPL 2) rows.
   const int align = KPL == 2 ? 2 : 4;
   const bool vec = KPL >= 2 && a.K == 32 * KPL && a.state.slot_stride % align == 0 &&
@@ -212,10 +221,10 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
-    if (a.pieces.num_tokens == a.pieces.num_pieces) return LaunchRows<KPL, 8>(a, stream);
+    if (a.max_len == 1) return LaunchRows<KPL, 8>(a, stream);
     return LaunchRows<KPL, 4>(a, stream);
   } else {
-    if (a.pieces.num_tokens == a.pieces.num_pieces) return LaunchRows<KPL, 4>(a, stream);
+    if (a.max_len == 1) return LaunchRows<KPL, 4>(a, stream);
     return LaunchRows<KPL, 2>(a, stream);
   }
 }
@@ -223,8 +232,9 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
-  if (a.pieces.num_pieces == 0) return cudaSuccess;
-  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || a.pieces.num_pieces > 65535 || a.HV > 65535) {
+  const int blocks_z = a.piece_list ? a.num_listed : a.pieces.num_pieces;
+  if (blocks_z == 0) return cudaSuccess;
+  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || blocks_z > 65535 || a.HV > 65535) {
     return cudaErrorInvalidValue;
   }
   if (a.K <= 32) return Launch<1>(a, stream);

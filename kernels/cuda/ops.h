@@ -80,11 +80,22 @@ struct Gdn2RecurrentArgs {
   int H = 0, HV = 0, K = 0, V = 0;
   LayerStateRef state;
   DevicePieces pieces;
+  // Optional: run only pieces piece_list[0, num_listed) (device array).
+  const int32_t* piece_list = nullptr;
+  int num_listed = 0;
+  int max_len = 0;  // longest piece run, when known (1: a decode batch); 0 = unknown
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
   int64_t out_stride = 0;
 };
-// K must be a multiple of 4 up to 256 (or 1..32); any V.
+// Token by token: best for decode and short pieces. K <= 256; any V.
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
+
+// The same result a chunk of 64 tokens at a time (DESIGN.md 1.3), float32
+// throughout: for prefill pieces. K <= 128; any V. Needs ~190 KB of shared
+// memory per block (Hopper/Ampere); Gdn2ChunkSupported() says whether the
+// device and shape allow it.
+cudaError_t Gdn2Chunked(const Gdn2RecurrentArgs& args, cudaStream_t stream);
+bool Gdn2ChunkSupported(int K);
 
 // out = o / sqrt(mean(o^2) + eps) * weight * silu(z + z_bias), per value head
 // of V. o: [T, HV*V]; z: rows of HV*V, stride z_stride; out: `out_type` [T, HV*V].
