@@ -262,39 +262,48 @@ int main(int argc, char** argv) {
       for (int s : slots) (void)be.state_pool().Release(s);
     }
   }
-  weights.reset();
-  gdnserve::Backend& be = *backend;
-
   // Prefill: S sequences of n tokens each, fed `chunk` tokens per forward
-  // (split evenly over the sequences, as the scheduler does).
-  std::printf("\n%6s %8s %10s %14s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "GPU GB");
+  // (split evenly over the sequences, as the scheduler does), with the
+  // token-by-token recurrence kernel and with the chunkwise one.
   const double layer_flops_per_token =
       2.0 * (params - embed_params - (cfg.tie_word_embeddings ? 0 : embed_params));
-  for (int S : prefill_seqs) {
-    for (int n : prefill) {
-      std::vector<int> slots(S);
-      std::vector<std::vector<int32_t>> ids(S);
-      for (int i = 0; i < S; ++i) {
-        slots[i] = *be.state_pool().Acquire();
-        ids[i].resize(n);
-        for (auto& t : ids[i]) t = tok(rng);
-      }
-      const int per = std::max(1, chunk / S);
-      const auto t = Clock::now();
-      for (int pos = 0; pos < n; pos += per) {
-        std::vector<gdnserve::SeqPiece> batch;
+  for (const bool chunked : {false, true}) {
+    backend.reset();
+    auto created = gdnserve::CreateCudaBackend(
+        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = true, .chunked_prefill = chunked});
+    if (!created.ok()) fail(created.status());
+    backend = std::move(*created);
+    gdnserve::Backend& be = *backend;
+    std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n",
+                chunked ? "chunkwise" : "token-by-token", flops / layer_flops_per_token);
+    std::printf("%6s %8s %10s %14s %10s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "x floor", "GPU GB");
+    for (int S : prefill_seqs) {
+      for (int n : prefill) {
+        std::vector<int> slots(S);
+        std::vector<std::vector<int32_t>> ids(S);
         for (int i = 0; i < S; ++i) {
-          batch.push_back({slots[i], absl::MakeConstSpan(ids[i]).subspan(pos, std::min(per, n - pos)), false});
+          slots[i] = *be.state_pool().Acquire();
+          ids[i].resize(n);
+          for (auto& t : ids[i]) t = tok(rng);
         }
-        if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
+        const int per = std::max(1, chunk / S);
+        const auto t = Clock::now();
+        for (int pos = 0; pos < n; pos += per) {
+          std::vector<gdnserve::SeqPiece> batch;
+          for (int i = 0; i < S; ++i) {
+            batch.push_back({slots[i], absl::MakeConstSpan(ids[i]).subspan(pos, std::min(per, n - pos)), false});
+          }
+          if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
+        }
+        const double sec = Since(t);
+        const double tps = static_cast<double>(S) * n / sec;
+        const double floor_s = layer_flops_per_token * S * n / flops;
+        std::printf("%6d %8d %10.3f %14.0f %10.2f %10.2f\n", S, n, sec, tps, sec / floor_s, DeviceUsed() / 1e9);
+        report["prefill"].push_back({{"kernel", chunked ? "chunked" : "recurrent"}, {"sequences", S}, {"tokens", n},
+                                     {"seconds", sec}, {"gemm_floor_seconds", floor_s},
+                                     {"device_bytes_used", DeviceUsed()}});
+        for (int s : slots) (void)be.state_pool().Release(s);
       }
-      const double sec = Since(t);
-      const double tps = static_cast<double>(S) * n / sec;
-      std::printf("%6d %8d %10.3f %14.0f %10.2f\n", S, n, sec, tps, DeviceUsed() / 1e9);
-      report["prefill"].push_back({{"sequences", S}, {"tokens", n}, {"seconds", sec},
-                                   {"gemm_floor_seconds", layer_flops_per_token * S * n / flops},
-                                   {"device_bytes_used", DeviceUsed()}});
-      for (int s : slots) (void)be.state_pool().Release(s);
     }
   }
   if (!json_path.empty()) std::ofstream(json_path) << report.dump(2) << "\n";

@@ -155,8 +155,10 @@ class CudaBackend final : public Backend {
   uint64_t workspace_gen_ = 0, graphs_gen_ = 0;
 
   // Pieces of at least kChunkMinTokens go to the chunkwise kernel (when the
-  // device has the shared memory for it), the rest token by token.
-  static constexpr int kChunkMinTokens = 16;
+  // device has the shared memory for it), single tokens token by token: the
+  // CPU backend's rule, so a prompt restored from a 64-aligned snapshot takes
+  // the same kernels over the same chunks as a cold run.
+  static constexpr int kChunkMinTokens = 2;
   bool use_chunk_ = false;
   struct Split {
     const int32_t* chunk_list = nullptr;  // device

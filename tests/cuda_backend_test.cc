@@ -149,7 +149,10 @@ TEST_P(CudaBackendTest, PiecesEqualWholeAndSlotsRoundTrip) {
     pieces.insert(pieces.end(), part.logits.begin(), part.logits.end());
     begin = end;
   }
-  EXPECT_LE(RelErr(pieces, whole.logits), 1e-5);  // same kernels, same order: rounding only
+  // float32: rounding only (1-token pieces take the recurrent kernel, longer
+  // ones the chunkwise one); bf16 rounds GEMM inputs, which spreads those
+  // last-bit differences (1.3e-3 measured on the bundled model, H200).
+  EXPECT_LE(RelErr(pieces, whole.logits), GetParam().bf16 ? 1e-2 : 1e-5);
 
   // Snapshot a, continue a; restore the snapshot into c, continue c: same.
   const int64_t n = gpu_->state_pool().layout().floats_per_slot();

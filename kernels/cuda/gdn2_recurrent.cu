@@ -121,8 +121,9 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
   for (int i = 0; i < KPL; ++i) dtb[i] = ch_ok[i] ? a.dt_bias[hk * K + Channel<KPL, VEC>(lane, i)] : 0.0f;
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
 
-  // Decode launches (PREFETCH off) have one token: no registers for a next one.
-  constexpr bool kPrefetch = kRows <= 4;
+  // Loading the first token's inputs before the loop (with the state) was
+  // measured faster for decode too (0.90x vs 0.66x fla at batch 256, H200).
+  constexpr bool kPrefetch = true;
   TokenInputs<KPL, kRows> next;
   if constexpr (kPrefetch) LoadToken<KPL, kRows, VEC>(a, t0, hk, hv, v0, lane, ch_ok, row_ok, next);
   for (int64_t t = t0; t < t1; ++t) {
