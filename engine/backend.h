@@ -25,13 +25,20 @@ struct SeqPiece {
 };
 
 // Logits rows, piece by piece: piece i owns rows [first_row[i], first_row[i+1]).
+// A host backend fills `logits`; a device backend may instead point
+// `external` at its own (pinned) host buffer, valid until its next Forward.
 struct ForwardOutput {
   int64_t vocab = 0;
-  std::vector<float> logits;        // [rows, vocab]
+  std::vector<float> logits;        // [rows, vocab] unless `external` is set
+  const float* external = nullptr;  // [rows, vocab] owned by the backend
   std::vector<int64_t> first_row;   // size pieces + 1
-  const float* Row(int64_t row) const { return logits.data() + row * vocab; }
+  const float* data() const { return external != nullptr ? external : logits.data(); }
+  int64_t rows() const { return first_row.empty() ? 0 : first_row.back(); }
+  const float* Row(int64_t row) const { return data() + row * vocab; }
   // The logits of the last token of piece i.
   const float* Last(size_t piece) const { return Row(first_row[piece + 1] - 1); }
+  // A copy of every row (tests, tools).
+  std::vector<float> AllRows() const { return std::vector<float>(data(), data() + rows() * vocab); }
 };
 
 // Checks a batch against a pool and vocabulary: every slot in use and used

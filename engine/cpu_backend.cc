@@ -68,6 +68,7 @@ absl::Status CpuBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput
 
   // Final norm and lm_head on the rows that need logits only.
   out->vocab = cfg_.vocab_size;
+  out->external = nullptr;
   out->first_row.assign(batch.size() + 1, 0);
   std::vector<int64_t> rows;
   for (size_t i = 0; i < batch.size(); ++i) {

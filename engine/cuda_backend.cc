@@ -101,6 +101,7 @@ class CudaBackend final : public Backend {
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
+    if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
   }
 
   absl::Status Init();
@@ -144,8 +145,10 @@ class CudaBackend final : public Backend {
   std::vector<DeviceLayer> layers_;
 
   // Per-forward workspace (grown to the largest batch).
-  int32_t* host_ints_ = nullptr;  // pinned: ids, start, slot, token_piece, rows
+  int32_t* host_ints_ = nullptr;  // pinned: ids, token_piece, rows, start, slot, piece lists
   size_t host_ints_cap_ = 0;
+  float* host_logits_ = nullptr;  // pinned: the last Forward's logits (ForwardOutput::external)
+  size_t host_logits_cap_ = 0;
   DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
   DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
@@ -341,6 +344,7 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
     R += p.all_logits ? p.tokens.size() : 1;
   }
   out->vocab = cfg_.vocab_size;
+  out->external = nullptr;
   out->first_row.assign(P + 1, 0);
   if (P == 0) {
     out->logits.clear();
@@ -402,10 +406,20 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
       !s.ok()) {
     return s;
   }
-  out->logits.resize(static_cast<size_t>(R) * cfg_.vocab_size);
-  GDN_CUDA_RETURN(cudaMemcpyAsync(out->logits.data(), logits_.get(), out->logits.size() * sizeof(float),
-                                  cudaMemcpyDeviceToHost, stream_));
+  // Logits land in a pinned buffer the output points at (no pageable copy).
+  const size_t floats = static_cast<size_t>(R) * cfg_.vocab_size;
+  if (floats > host_logits_cap_) {
+    if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
+    host_logits_ = nullptr;
+    host_logits_cap_ = 0;
+    GDN_CUDA_RETURN(cudaMallocHost(&host_logits_, floats * sizeof(float)));
+    host_logits_cap_ = floats;
+  }
+  GDN_CUDA_RETURN(
+      cudaMemcpyAsync(host_logits_, logits_.get(), floats * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  out->logits.clear();
+  out->external = host_logits_;
   return absl::OkStatus();
 }
 

@@ -109,7 +109,9 @@ TEST(Scheduler, RandomSimulationFinishesEverything) {
         Req& r = reqs[piece.id];
         r.done += piece.num_tokens;
         ASSERT_LE(r.done, r.prompt);
-        if (r.done < r.prompt) ASSERT_EQ(r.done % 64, 0) << "non-final piece not aligned";
+        if (r.done < r.prompt) {
+          ASSERT_EQ(r.done % 64, 0) << "non-final piece not aligned";
+        }
       }
       for (uint64_t id : p.decode) ++reqs[id].generated;
       for (auto it = running.begin(); it != running.end();) {

@@ -38,6 +38,7 @@ extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_st
   a.pieces.slot = piece_slot;
   a.pieces.num_pieces = num_pieces;
   a.pieces.num_tokens = num_tokens;
+  a.max_len = num_tokens == num_pieces ? 1 : 0;  // a decode batch takes the decode launch
   a.out = out;
   a.out_stride = out_stride;
   return static_cast<int>(gdnserve::cuda::Gdn2Recurrent(a, static_cast<cudaStream_t>(stream)));

@@ -104,7 +104,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
     if constexpr (VEC && KPL % 4 == 0) {
 #pragma unroll
       for (int i = 0; i < KPL; i += 4) {
-        const float4 x = row_ok[r] ? *reinterpret_cast<const float4*>(row + lane * KPL + i) : float4{0, 0, 0, 0};
+        // Streaming (evict-first): the state is read once and written once.
+        const float4 x = row_ok[r] ? __ldcs(reinterpret_cast<const float4*>(row + lane * KPL + i)) : float4{0, 0, 0, 0};
         s[r][i] = x.x, s[r][i + 1] = x.y, s[r][i + 2] = x.z, s[r][i + 3] = x.w;
       }
     } else if constexpr (VEC && KPL == 2) {
@@ -186,7 +187,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
     if constexpr (VEC && KPL % 4 == 0) {
 #pragma unroll
       for (int i = 0; i < KPL; i += 4) {
-        *reinterpret_cast<float4*>(row + lane * KPL + i) = float4{s[r][i], s[r][i + 1], s[r][i + 2], s[r][i + 3]};
+        __stcs(reinterpret_cast<float4*>(row + lane * KPL + i), float4{s[r][i], s[r][i + 1], s[r][i + 2], s[r][i + 3]});
       }
     } else if constexpr (VEC && KPL == 2) {
       *reinterpret_cast<float2*>(row + lane * 2) = float2{s[r][0], s[r][1]};
