@@ -13,7 +13,9 @@ if [ $# -eq 0 ]; then
   exit 2
 fi
 
-libs=$(ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u)
+# The CUDA toolkit's runtime libraries (cudart, cuBLAS) come with the CUDA
+# base image of Dockerfile.cuda, installed or not through a package there.
+libs=$(ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// && $3 !~ /^\/usr\/local\/cuda/ {print $3}' | sort -u)
 # The NVIDIA driver's libraries come from the host (NVIDIA container toolkit),
 # not from a package in the image.
 missing=$(ldd "$@" | grep 'not found' | grep -vE 'libcuda\.so|libnvidia-ml\.so' || true)

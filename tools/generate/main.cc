@@ -1,4 +1,4 @@
-// gdnserve-generate: offline text generation and perplexity with the CPU
+// gdnserve-generate: offline text generation and perplexity with the CPU or CUDA
 // engine, for people trying a model and for benchmarks.
 #include <chrono>
 #include <cmath>
@@ -80,7 +80,7 @@ int Perplexity(gdnserve::Backend& be, const gdnserve::Tokenizer& tok, const std:
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Generates text from a GDN-2 model on the CPU, streaming it to stdout.\n"
+      "Generates text from a GDN-2 model on the CPU (or a GPU: --device cuda), streaming it to stdout.\n"
       "  gdnserve-generate --model DIR --prompt TEXT [--max_tokens N] [--temperature T ...]\n"
       "  gdnserve-generate --model DIR --perplexity FILE\n"
       "Statistics (prefill and decode tokens/s) go to stderr.");
