@@ -40,6 +40,27 @@ double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
     }                                                                                 \
   } while (0)
 
+// Seconds of the fastest of 10 runs of `enqueue` (after 2 warm-ups), by CUDA events.
+template <typename F>
+double BestSeconds(F enqueue) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  float best = 1e30f;
+  for (int i = 0; i < 12; ++i) {
+    cudaEventRecord(e0);
+    enqueue();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i >= 2) best = std::min(best, ms);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return best * 1e-3;
+}
+
 // Device-to-device copy of 1 GiB: bytes read + written per second, best of 10.
 double MeasureCopyBandwidth() {
   const size_t bytes = size_t{1} << 30;
@@ -47,22 +68,10 @@ double MeasureCopyBandwidth() {
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   CHECK_CUDA(cudaMemset(a, 1, bytes));
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  float best = 1e30f;
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(e0);
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (i >= 2) best = std::min(best, ms);
-  }
+  const double s = BestSeconds([&] { CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); });
   cudaFree(a);
   cudaFree(b);
-  return 2.0 * bytes / (best * 1e-3);
+  return 2.0 * bytes / s;
 }
 
 // 8192^3 bf16 GEMM with float32 accumulation on random data, best of 10.
@@ -79,26 +88,16 @@ double MeasureBf16GemmFlops() {
   CHECK_CUDA(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
   cublasHandle_t handle;
   cublasCreate(&handle);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
   const float alpha = 1, beta = 0;
-  float best = 1e30f;
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(e0);
+  const double s = BestSeconds([&] {
     cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, c,
                  CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (i >= 2) best = std::min(best, ms);
-  }
+  });
   cublasDestroy(handle);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c);
-  return 2.0 * n * n * n / (best * 1e-3);
+  return 2.0 * n * n * n / s;
 }
 
 std::vector<int> ParseInts(const std::string& s) {

@@ -13,6 +13,7 @@
 #include "engine/cpu_backend.h"
 #include "engine/cuda_backend.h"
 #include "engine/weights.h"
+#include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
@@ -20,14 +21,7 @@ namespace {
 
 using testing::RelErr;
 
-bool HaveGpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
+using testing::HaveGpu;
 
 struct Param {
   std::string model;  // under GDNSERVE_TEST_MODELS, or a path

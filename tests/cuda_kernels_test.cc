@@ -13,6 +13,7 @@
 #include "kernels/cpu/gdn2.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.h"
+#include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
@@ -20,14 +21,7 @@ namespace {
 
 using testing::RelErr;
 
-bool HaveGpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
+using testing::HaveGpu;
 
 #define SKIP_WITHOUT_GPU() \
   if (!HaveGpu()) { GTEST_SKIP() << "no CUDA device"; }
