@@ -7,7 +7,8 @@ report, KERNEL_JSON (default bench/out/decode_kernel.json) that of
 bench/gpu/decode_kernel_bench.py. Writes DIR/gpu_decode.png (decode step time
 vs batch, CUDA graphs on and off, against the memory floor; the decode kernel
 alone, ours vs flash-linear-attention, as % of copy bandwidth) and
-DIR/gpu_prefill.png (prefill tokens/s and GPU memory vs context length).
+DIR/gpu_prefill.png (prefill tokens/s vs context length for each GDN-2
+kernel in the report, token-by-token and chunkwise; GPU memory vs length).
 DIR defaults to the directory of this script (bench/).
 """
 import argparse
@@ -18,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def plot_decode(engine: dict, kernel: dict, path: str) -> None:
@@ -72,31 +74,52 @@ def plot_decode(engine: dict, kernel: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
+KERNEL_LABELS = {"recurrent": "token-by-token", "chunked": "chunkwise (f32 SIMT)"}
+
+
 def plot_prefill(engine: dict, path: str) -> None:
     fig, (ax, mx) = plt.subplots(1, 2, figsize=(12, 4.5))
-    seqs = sorted({r["sequences"] for r in engine["prefill"]})
-    for s in seqs:
-        rs = sorted((r for r in engine["prefill"] if r["sequences"] == s), key=lambda r: r["tokens"])
-        n = [r["tokens"] for r in rs]
-        ax.plot(n, [s * r["tokens"] / r["seconds"] for r in rs], "o-", label=f"{s} sequence(s)")
-        mx.plot(n, [r["device_bytes_used"] / 1e9 for r in rs], "o-", label=f"{s} sequence(s)")
+    rows = engine["prefill"]
+    # Reports before the chunkwise kernel have no "kernel" field: token-by-token.
+    kernels = sorted({r.get("kernel", "recurrent") for r in rows}, key=lambda k: k != "recurrent")
+    seqs = sorted({r["sequences"] for r in rows})
+    markers = "os^vD"
+    for ki, k in enumerate(kernels):
+        for si, s in enumerate(seqs):
+            rs = sorted((r for r in rows if r["sequences"] == s and r.get("kernel", "recurrent") == k),
+                        key=lambda r: r["tokens"])
+            if not rs:
+                continue
+            n = [r["tokens"] for r in rs]
+            style = markers[si % len(markers)] + ("-" if ki == 0 else ":")
+            color = f"C{si}"
+            label = f"{KERNEL_LABELS.get(k, k)}, {s} seq"
+            ax.plot(n, [s * r["tokens"] / r["seconds"] for r in rs], style, color=color, label=label)
+            # Label the last point of the first kernel above, the second point of the others below.
+            r = rs[-1] if ki == 0 else rs[min(1, len(rs) - 1)]
+            ax.annotate(f"{s * r['tokens'] / r['seconds'] / 1e3:.1f}K", (r["tokens"], s * r["tokens"] / r["seconds"]),
+                        textcoords="offset points", xytext=(-10, 5) if ki == 0 else (8, -13),
+                        ha="right" if ki == 0 else "left", fontsize=8, color=color)
+            if ki == 0:
+                mx.plot(n, [r["device_bytes_used"] / 1e9 for r in rs], style, color=color, label=f"{s} sequence(s)")
     # The GEMM floor in tokens/s is the same at every length and batch.
-    r0 = engine["prefill"][0]
+    r0 = rows[0]
     floor_tps = r0["sequences"] * r0["tokens"] / r0["gemm_floor_seconds"]
     ax.axhline(floor_tps, color="k", ls="--", label=f"GEMM FLOP floor ({floor_tps / 1e3:.0f}K tokens/s)")
+    lengths = sorted({r["tokens"] for r in rows})
     for a in (ax, mx):
         a.set_xscale("log", base=2)
-        lengths = sorted({r["tokens"] for r in engine["prefill"]})
         a.set_xticks(lengths, [f"{n // 1024}K" if n % 1024 == 0 else str(n) for n in lengths])
         a.set_xlabel("context length (tokens per sequence)")
         a.grid(alpha=0.3)
         a.legend(fontsize=8, loc="center right")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=floor_tps * 1.1)
     ax.set_ylabel("prefill tokens/s")
-    ax.set_title(f"Prefill (sequential-scan recurrence), {engine['device']},\n"
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:.0f}K"))
+    ax.set_title(f"Prefill by GDN-2 recurrence kernel, {engine['device']},\n"
                  f"bf16 GEMM {engine['bf16_gemm_flops'] / 1e12:.0f} TFLOP/s", fontsize=10)
     mx.set_ylabel("GPU memory in use, GB (whole device)")
-    mx.set_ylim(0, max(r["device_bytes_used"] for r in engine["prefill"]) / 1e9 * 1.25)
+    mx.set_ylim(0, max(r["device_bytes_used"] for r in rows) / 1e9 * 1.25)
     mx.set_title(f"GPU memory after the prefill; state {engine['state_bytes_per_sequence'] / 1e6:.1f} MB "
                  f"per sequence at any context", fontsize=10)
     fig.tight_layout()
