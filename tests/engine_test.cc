@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "engine/cpu_backend.h"
+#include "tests/engine_fixture.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
@@ -56,40 +57,13 @@ class CollectSink : public RequestSink {
   bool finished_ = false;
 };
 
-class EngineTest : public ::testing::Test {
+class EngineTest : public testing::TinyEngineFixture {
  protected:
-  void SetUp() override {
-    const char* dir = std::getenv("GDNSERVE_TEST_MODELS");
-    if (dir == nullptr) GTEST_SKIP() << "GDNSERVE_TEST_MODELS is not set (ctest sets it)";
-    const std::string model = std::string(dir) + "/tiny";
-    auto w = LoadModelWeights(model);
-    ASSERT_TRUE(w.ok()) << w.status();
-    auto be = CreateCpuBackend(std::move(*w), {.num_slots = 8, .num_threads = 1});
-    ASSERT_TRUE(be.ok());
-    backend_ = std::move(*be);
-    auto tok = Tokenizer::Load(model + "/tokenizer.model");
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    tokenizer_ = std::move(*tok);
-    rng_.seed(testing::TestSeed());
-  }
+  EngineTest() : TinyEngineFixture(8) {}
   void StartEngine(EngineOptions options = {}) {
     options.step_token_budget = 256;
     options.max_prefill_chunk = 128;
     engine_ = std::make_unique<Engine>(backend_.get(), tokenizer_.get(), options);
-  }
-  std::vector<int32_t> RandomPrompt(int n) {
-    std::uniform_int_distribution<int32_t> d(3, backend_->config().vocab_size - 1);
-    std::vector<int32_t> p(n);
-    for (auto& t : p) t = d(rng_);
-    return p;
-  }
-  GenerationRequest Greedy(std::vector<int32_t> prompt, int max_tokens) {
-    GenerationRequest r;
-    r.prompt = std::move(prompt);
-    r.sampling.temperature = 0;
-    r.stop.max_tokens = max_tokens;
-    r.stop.ignore_eos = true;
-    return r;
   }
   // Stats are published at the end of the step that delivered the output.
   int SlotsUsedAfterStep() {
@@ -105,11 +79,6 @@ class EngineTest : public ::testing::Test {
     sink->Wait();
     return sink;
   }
-
-  std::unique_ptr<Backend> backend_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<Engine> engine_;
-  std::mt19937_64 rng_;
 };
 
 TEST_F(EngineTest, GreedyMatchesADirectBackendLoop) {

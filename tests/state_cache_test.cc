@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "engine/state_blob.h"
 #include "engine/state_cache.h"
+#include "tests/engine_fixture.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
@@ -52,22 +53,9 @@ class Sink : public RequestSink {
   std::condition_variable cv_;
 };
 
-class StateReuseTest : public ::testing::Test {
+class StateReuseTest : public testing::TinyEngineFixture {
  protected:
-  void SetUp() override {
-    const char* dir = std::getenv("GDNSERVE_TEST_MODELS");
-    if (dir == nullptr) GTEST_SKIP() << "GDNSERVE_TEST_MODELS is not set (ctest sets it)";
-    const std::string model = std::string(dir) + "/tiny";
-    auto w = LoadModelWeights(model);
-    ASSERT_TRUE(w.ok()) << w.status();
-    auto be = CreateCpuBackend(std::move(*w), {.num_slots = 4, .num_threads = 1});
-    ASSERT_TRUE(be.ok());
-    backend_ = std::move(*be);
-    auto tok = Tokenizer::Load(model + "/tokenizer.model");
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    tokenizer_ = std::move(*tok);
-    rng_.seed(testing::TestSeed());
-  }
+  StateReuseTest() : TinyEngineFixture(4) {}
   // One engine at a time shares the backend.
   Engine& Start(EngineOptions o) {
     engine_.reset();
@@ -82,18 +70,10 @@ class StateReuseTest : public ::testing::Test {
     o.prefix_cache_interval = 64;
     return o;
   }
-  std::vector<int32_t> Random(int n) {
-    std::uniform_int_distribution<int32_t> d(3, backend_->config().vocab_size - 1);
-    std::vector<int32_t> p(n);
-    for (auto& t : p) t = d(rng_);
-    return p;
-  }
+  std::vector<int32_t> Random(int n) { return RandomPrompt(n); }
+  // Greedy with the prompt's logits too (compared on hits and cold runs).
   static GenerationRequest Greedy(std::vector<int32_t> prompt, int max_tokens) {
-    GenerationRequest r;
-    r.prompt = std::move(prompt);
-    r.sampling.temperature = 0;
-    r.stop.max_tokens = max_tokens;
-    r.stop.ignore_eos = true;
+    GenerationRequest r = TinyEngineFixture::Greedy(std::move(prompt), max_tokens);
     r.want_prompt_logits = true;
     return r;
   }
@@ -113,11 +93,6 @@ class StateReuseTest : public ::testing::Test {
     a.insert(a.end(), b.begin(), b.end());
     return a;
   }
-
-  std::unique_ptr<Backend> backend_;
-  std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<Engine> engine_;
-  std::mt19937_64 rng_;
 };
 
 TEST_F(StateReuseTest, PrefixCacheHitIsBitIdenticalToAColdRun) {
