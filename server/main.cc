@@ -45,6 +45,7 @@
 #include "server/http/request_metrics.h"
 #include "server/metrics.h"
 #include "server/log.h"
+#include "server/net.h"
 #include "server/reflection.h"
 #include "server/serving_metrics.h"
 #include "server/service.h"
@@ -131,44 +132,7 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::st
   return out;
 }
 
-std::string HostPort(const std::string& host, int port) {
-  const bool v6 = absl::StrContains(host, ':') && !absl::StartsWith(host, "[");
-  return v6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
-}
-
-// Binds host:port once to turn "address in use" and "no such address" into
-// one clear line; gRPC's own bind failure is a multi-line log. (A race with
-// another process between this check and gRPC's bind is still reported, by
-// the BuildAndStart check, just less prettily.)
-absl::Status CheckCanBind(const std::string& host, int port) {
-  if (port == 0) return absl::OkStatus();
-  std::string h = host;
-  if (absl::StartsWith(h, "[") && absl::EndsWith(h, "]")) h = h.substr(1, h.size() - 2);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* res = nullptr;
-  const std::string port_str = std::to_string(port);
-  if (int rc = getaddrinfo(h.c_str(), port_str.c_str(), &hints, &res); rc != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--host ", host, ": ", gai_strerror(rc)));
-  }
-  absl::Status status = absl::OkStatus();
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    const int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (fd < 0) continue;
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as gRPC does
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      status =
-          absl::UnavailableError(absl::StrCat("cannot listen on ", HostPort(host, port), ": ", std::strerror(errno)));
-    }
-    close(fd);
-    if (!status.ok()) break;
-  }
-  freeaddrinfo(res);
-  return status;
-}
+using gdnserve::server::HostPort;
 
 absl::Status CheckFlags() {
   auto at_least = [](const char* name, int value, int min) -> absl::Status {
@@ -398,7 +362,8 @@ int main(int argc, char** argv) {
 
   const std::string host = absl::GetFlag(FLAGS_host);
   const int port = absl::GetFlag(FLAGS_grpc_port);
-  if (absl::Status s = CheckCanBind(host, port); !s.ok()) return Fail(std::string(s.message()));
+  // One clear line for "address in use" (gRPC's own bind failure is a multi-line log).
+  if (absl::Status s = gdnserve::server::ProbeListen(host, port, ""); !s.ok()) return Fail(std::string(s.message()));
 
   srv::GenerationService service;
   service.SetApiKey(*api_key);

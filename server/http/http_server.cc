@@ -17,6 +17,7 @@
 #include "httplib.h"
 #include "server/http/request_metrics.h"
 #include "server/http/sessions.h"
+#include "server/net.h"
 
 namespace gdnserve::server::http {
 
@@ -48,35 +49,6 @@ namespace {
 using httplib::Request;
 using httplib::Response;
 using HandlerResponse = httplib::Server::HandlerResponse;
-
-std::string HostPort(const std::string& host, int port) {
-  const bool v6 = host.find(':') != std::string::npos && host.front() != '[';
-  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-}
-
-// Why binding host:port fails, as one line (cpp-httplib only says false).
-absl::Status BindError(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* res = nullptr;
-  const std::string port_str = std::to_string(port);
-  if (int rc = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res); rc != 0) {
-    return absl::InvalidArgumentError("--host " + host + ": " + gai_strerror(rc));
-  }
-  std::string why = "unknown error";
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    const int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (fd < 0) continue;
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) why = std::strerror(errno);
-    close(fd);
-  }
-  freeaddrinfo(res);
-  return absl::UnavailableError("cannot listen on " + HostPort(host, port) + " (HTTP): " + why);
-}
 
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -179,7 +151,9 @@ absl::Status HttpServer::Start(const std::string& host, int port) {
   const bool bound = port == 0 ? (port = svr.bind_to_any_port(host)) > 0 : svr.bind_to_port(host, port);
   if (!bound) {
     impl_.reset();
-    return BindError(host, port);
+    // cpp-httplib only says false: bind once more to say why.
+    absl::Status why = server::ProbeListen(host, port, "HTTP");
+    return why.ok() ? absl::UnavailableError("cannot listen on " + server::HostPort(host, port) + " (HTTP)") : why;
   }
   port_ = port;
   const int fd = impl_->listen_fd();
