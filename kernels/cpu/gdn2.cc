@@ -1,5 +1,7 @@
 #include "kernels/cpu/gdn2.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -142,29 +144,26 @@ void Chunk(const Gdn2HeadInputs& in, int c, int K, int V, float* ST, float* out,
       Qt[t * K + x] = qt[x] * f;
     }
   }
-  // N rows start as Z - E~ S0; O rows as Q~ S0.
+  // N rows start as Z - E~ S0; O rows as Q~ S0 (S0 = ST^T: products with ST
+  // transposed, one sgemm each; inside the engine's per-head OpenMP loop
+  // OpenBLAS runs them on the calling thread).
   float* N = s.N.data();
   float* O = s.O.data();
   for (int t = 0; t < c; ++t) {
     const float* vt = v(t);
     const float* wt = w(t);
-    for (int j = 0; j < V; ++j) {
-      const float* row = ST + static_cast<int64_t>(j) * K;
-      N[t * V + j] = wt[j] * vt[j] - Dot(Et + t * K, row, K);
-      O[t * V + j] = Dot(Qt + t * K, row, K);
-    }
+    for (int j = 0; j < V; ++j) N[t * V + j] = wt[j] * vt[j];
   }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, V, K, -1.0f, Et, K, ST, K, 1.0f, N, V);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c, V, K, 1.0f, Qt, K, ST, K, 0.0f, O, V);
   // (I + A) N = Z - E~ S0 by forward substitution (float32).
   for (int t = 1; t < c; ++t) {
     float* nt = N + t * V;
     for (int i = 0; i < t; ++i) Axpy(-A[t * C + i], N + i * V, nt, V);
   }
-  // O = Q~ S0 + M N.
-  for (int t = 0; t < c; ++t) {
-    float* ot = O + t * V;
-    for (int i = 0; i <= t; ++i) Axpy(M[t * C + i], N + i * V, ot, V);
-    std::copy(ot, ot + V, out + t * out_stride);
-  }
+  // O += M N (M is zero above its diagonal).
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c, V, c, 1.0f, M, C, N, V, 1.0f, O, V);
+  for (int t = 0; t < c; ++t) std::copy(O + t * V, O + (t + 1) * V, out + t * out_stride);
   // S_C = Diag(exp(G_C)) S0 + K^^T N, with K^ rows k_i * exp(G_C - G_i).
   const double* GC = G + (c - 1) * K;
   float* Kh = s.Kh.data();
@@ -179,8 +178,9 @@ void Chunk(const Gdn2HeadInputs& in, int c, int K, int V, float* ST, float* out,
     float* row = ST + static_cast<int64_t>(j) * K;
 #pragma omp simd
     for (int x = 0; x < K; ++x) row[x] *= decay[x];
-    for (int i = 0; i < c; ++i) Axpy(N[i * V + j], Kh + i * K, row, K);
   }
+  // ST += N^T K^.
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, K, c, 1.0f, N, V, Kh, K, 1.0f, ST, K);
 }
 
 }  // namespace
