@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Deterministic random GDN-2 models for tests and benchmarks.
 
-    gen_model.py --preset NAME --out DIR [--seed N] [--dtype f32|bf16|f16] [--shards N]
-    gen_model.py --suite tests --out DIR [--seed N]     # DIR/tiny, DIR/tiny_gva, DIR/tiny_sharded
+    gen_model.py --preset NAME --out DIR [--seed N] [--dtype f32|bf16|f16] [--shards N] [--tokenizer FILE]
+    gen_model.py --suite tests --out DIR [--seed N] [--tokenizer FILE]  # DIR/tiny, DIR/tiny_gva, DIR/tiny_sharded
+    gen_model.py --preset NAME --out DIR --tokenizer-only  # just DIR/tokenizer.model
     gen_model.py --list                                 # presets and their sizes
 
 Each model directory gets config.json, model.safetensors (or shards and an
-index) and a tokenizer.model trained by tools/train_tokenizer.sh. The seed is
-random unless given and is printed ("gen_model: seed=N"); the same seed gives
-byte-identical files (the tokenizer's recorded training paths are normalised).
+index) and a tokenizer.model trained by tools/train_tokenizer.sh (needs
+spm_train), or copied from --tokenizer FILE (a tokenizer.model with exactly
+the preset's vocab_size pieces, e.g. one written here by --tokenizer-only, for
+a machine without spm_train). The seed is random unless given and is printed
+("gen_model: seed=N"); the same seed gives byte-identical files (the
+tokenizer's recorded training paths are normalised).
+
+Only numpy is needed besides the standard library. Single-file models are
+written tensor by tensor (the 1.3B preset: a few GB of memory, progress per
+layer).
 
 The initialisation gives non-trivial dynamics: log decays g from about -1e-4 to
 -20 (a few below -50), erase/write gates from near 0 to near 1, logits with std of order 1.
@@ -20,9 +28,11 @@ import argparse
 import json
 import os
 import struct
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,23 +151,75 @@ def tensor_specs(p: Preset) -> dict[str, tuple[tuple[int, ...], str, float]]:
     return specs
 
 
+def make_tensor(rng: np.random.Generator, shape: tuple[int, ...], init: str, scale: float) -> np.ndarray:
+    """One random float32 tensor (see tensor_specs), drawn from rng."""
+    if init == "normal":
+        x = rng.standard_normal(shape, dtype=np.float32)
+        x *= np.float32(scale / np.sqrt(shape[-1]))
+        return x
+    if init == "norm":
+        return 1 + rng.standard_normal(shape, dtype=np.float32) * np.float32(NORM_NOISE)
+    if init == "bias":
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+    if init == "A_log":
+        return np.log(rng.uniform(1, 16, shape)).astype(np.float32)
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shape))  # dt_bias
+    return (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+
+
 def make_weights(p: Preset, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random float32 weights of preset p (see tensor_specs), drawn from rng in checkpoint order."""
-    out = {}
-    for name, (shape, init, scale) in tensor_specs(p).items():
-        if init == "normal":
-            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale / np.sqrt(shape[-1]))
-        elif init == "norm":
-            x = 1 + rng.standard_normal(shape, dtype=np.float32) * np.float32(NORM_NOISE)
-        elif init == "bias":
-            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-        elif init == "A_log":
-            x = np.log(rng.uniform(1, 16, shape)).astype(np.float32)
-        else:  # dt_bias
-            dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shape))
-            x = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-        out[name] = x
-    return out
+    return {name: make_tensor(rng, shape, init, scale) for name, (shape, init, scale) in tensor_specs(p).items()}
+
+
+def _encode_fast(x: np.ndarray, dtype: str) -> np.ndarray:
+    """safetensors_np.encode, with BF16 rounding in uint32 (same bits; ~10x faster) when x has no NaN."""
+    if dtype != "BF16" or np.isnan(x).any():
+        return safetensors_np.encode(x, dtype)
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    # Round to nearest even. No overflow: non-NaN bits are at most 0xFF800000 (-inf).
+    r = bits >> 16
+    r &= 1
+    r += np.uint32(0x7FFF)
+    r += bits
+    r >>= 16
+    return r.astype(np.uint16)
+
+
+def _write_single_file(p: Preset, rng: np.random.Generator, path: Path, dtype: str,
+                       metadata: dict[str, str], progress: bool) -> int:
+    """Draws preset p's tensors in checkpoint order and writes each as soon as it is made.
+
+    The same bytes as make_weights + safetensors_np.save_file (header, order, alignment,
+    rounding), without holding the model in memory. Returns the parameter count.
+    """
+    specs = tensor_specs(p)
+    item = safetensors_np.STORAGE[dtype].itemsize
+    header: dict[str, object] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    offset = 0
+    for name, (shape, _, _) in specs.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * item
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-(8 + len(blob)) % 8)  # data starts 8-byte aligned
+    t0, n, layers_done = time.monotonic(), 0, 0
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, (shape, init, scale) in specs.items():
+            x = make_tensor(rng, shape, init, scale)
+            n += x.size
+            f.write(_encode_fast(x, dtype).tobytes())
+            del x
+            if progress and name.endswith(".mlp.down_proj.weight"):  # the last tensor of a layer
+                layers_done += 1
+                print(f"gen_model: layer {layers_done}/{p.num_layers} written, {n / 1e9:.2f}B parameters, "
+                      f"{time.monotonic() - t0:.0f} s", flush=True)
+    if progress:
+        print(f"gen_model: {path} ({(8 + len(blob) + offset) / 1e9:.2f} GB) written in "
+              f"{time.monotonic() - t0:.0f} s", flush=True)
+    return n
 
 
 def parameter_count(p: Preset) -> int:
@@ -221,6 +283,23 @@ def _pb_encode(fields: list[tuple[int, int, bytes]]) -> bytes:
     return bytes(out)
 
 
+def tokenizer_vocab(path: Path) -> int:
+    """Number of pieces in a SentencePiece tokenizer.model."""
+    return sum(1 for number, _, _ in _pb_fields(path.read_bytes()) if number == 1)
+
+
+def copy_tokenizer(src: Path, out_dir: Path, vocab: int) -> None:
+    """Copies a prebuilt tokenizer.model into out_dir after checking it has `vocab` pieces."""
+    try:
+        n = tokenizer_vocab(src)
+    except (OSError, ValueError, IndexError) as e:
+        raise RuntimeError(f"--tokenizer {src}: not a readable tokenizer.model ({e})") from None
+    if n != vocab:
+        raise RuntimeError(f"--tokenizer {src}: {n} pieces, the model's vocab_size is {vocab}")
+    if src.resolve() != (out_dir / "tokenizer.model").resolve():
+        shutil.copyfile(src, out_dir / "tokenizer.model")
+
+
 def train_tokenizer(out_dir: Path, vocab: int) -> None:
     """Writes out_dir/tokenizer.model with exactly `vocab` pieces (bos 1, eos 2, byte fallback).
 
@@ -252,27 +331,45 @@ def train_tokenizer(out_dir: Path, vocab: int) -> None:
 
 # ----------------------------------------------------------------------------- driver
 
-def write_model(out_dir: Path, name: str, seed: int, dtype: str | None = None, shards: int | None = None) -> None:
+def write_model(out_dir: Path, name: str, seed: int, dtype: str | None = None, shards: int | None = None,
+                tokenizer: Path | None = None) -> None:
     """Generates preset `name` into out_dir (created; existing model files replaced).
 
     The weights depend only on (seed, name), so a preset alone and inside a suite are identical.
+    tokenizer: a prebuilt tokenizer.model to copy (checked against the vocab size) instead of
+    training one.
     """
     p = PRESETS[name]
     dtype, shards = dtype or p.dtype, shards or p.shards
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The tokenizer first: a wrong --tokenizer fails before minutes of weights.
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, out_dir, p.vocab_size)
+    else:
+        train_tokenizer(out_dir, p.vocab_size)
     for old in list(out_dir.glob("model*.safetensors")) + [out_dir / safetensors_np.INDEX_FILE]:
         old.unlink(missing_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    weights = make_weights(p, rng)
     metadata = {"format": "pt", "generator": "gdnserve tools/gen_model.py", "preset": name, "seed": str(seed)}
-    safetensors_np.save_model(weights, out_dir, DTYPES[dtype], shards, metadata)
+    if shards == 1:
+        n = _write_single_file(p, rng, out_dir / safetensors_np.SINGLE_FILE, DTYPES[dtype], metadata, p.big)
+    else:
+        weights = make_weights(p, rng)
+        safetensors_np.save_model(weights, out_dir, DTYPES[dtype], shards, metadata)
+        n = sum(x.size for x in weights.values())
     (out_dir / "config.json").write_text(json.dumps(config_of(p), indent=2) + "\n")
-    train_tokenizer(out_dir, p.vocab_size)
-    n = sum(x.size for x in weights.values())
     print(f"gen_model: {out_dir}: preset {name}, {n / 1e6:.2f}M parameters, {dtype}, {shards} file(s)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except RuntimeError as e:  # a bad --tokenizer, a failed tokenizer training
+        print(f"gen_model: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description="Generate deterministic random GDN-2 models.")
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", choices=sorted(PRESETS))
@@ -282,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), help="storage dtype (default: the preset's)")
     ap.add_argument("--shards", type=int, help="number of safetensors files (default: the preset's)")
+    ap.add_argument("--tokenizer", type=Path, metavar="FILE",
+                    help="copy this tokenizer.model (vocab_size pieces) instead of training one with spm_train")
+    ap.add_argument("--tokenizer-only", action="store_true",
+                    help="with --preset: write only OUT/tokenizer.model (trained here, to carry elsewhere)")
     args = ap.parse_args(argv)
     if args.list:
         for name, p in PRESETS.items():
@@ -294,17 +395,31 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dtype and --shards apply to --preset only")
     if args.shards is not None and args.shards < 1:
         ap.error("--shards must be at least 1")
+    if args.tokenizer_only and not args.preset:
+        ap.error("--tokenizer-only needs --preset")
+    if args.tokenizer is not None and not args.tokenizer.is_file():
+        ap.error(f"--tokenizer {args.tokenizer}: no such file")
+    if args.tokenizer_only:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        vocab = PRESETS[args.preset].vocab_size
+        if args.tokenizer is not None:
+            copy_tokenizer(args.tokenizer, out, vocab)
+        else:
+            train_tokenizer(out, vocab)
+        print(f"gen_model: {out / 'tokenizer.model'}: {vocab} pieces (preset {args.preset})")
+        return 0
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     print(f"gen_model: seed={seed}", flush=True)
     out = Path(args.out)
     if args.preset:
         if PRESETS[args.preset].big:
             print(f"gen_model: {args.preset} is big ({parameter_count(PRESETS[args.preset]) / 1e9:.2f}B "
-                  "parameters): about a minute, 8 GB of memory, 3 GB on disk in bf16", flush=True)
-        write_model(out, args.preset, seed, args.dtype, args.shards)
+                  "parameters): a minute or more, 3 GB on disk in bf16", flush=True)
+        write_model(out, args.preset, seed, args.dtype, args.shards, args.tokenizer)
     else:
         for name in SUITES[args.suite]:
-            write_model(out / name, name, seed)
+            write_model(out / name, name, seed, tokenizer=args.tokenizer)
     return 0
 
 
