@@ -55,6 +55,11 @@ class Backend {
   // Runs the batch; InvalidArgument for a bad token id or slot, naming it.
   virtual absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) = 0;
 
+  // OK while the backend can compute. A device backend returns the error
+  // that broke it for good (a sticky CUDA error: the process must restart);
+  // the engine then stops admitting requests and the server reports not ready.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
+
   // Copies a slot's whole state (StateLayout order, float32) to or from host
   // memory (snapshots: prefix cache, sessions). The defaults serve a pool in
   // host memory; a device backend overrides them with device copies.

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/ops.h"
 
@@ -110,6 +111,7 @@ class CudaBackend final : public Backend {
   const ModelConfig& config() const override { return cfg_; }
   StatePool& state_pool() override { return pool_; }
   absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) override;
+  absl::Status Health() const override { return fatal_; }
   absl::Status ReadSlot(int slot, absl::Span<float> out) override;
   absl::Status WriteSlot(int slot, absl::Span<const float> in) override;
 
@@ -128,6 +130,7 @@ class CudaBackend final : public Backend {
   void ZeroSlot(int slot);
   void CopySlot(int src, int dst);
   absl::Status TakeDeferred() { return std::exchange(deferred_, absl::OkStatus()); }
+  absl::Status ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out);
 
   std::shared_ptr<const ModelWeights> weights_;
   const ModelConfig& cfg_;
@@ -138,6 +141,7 @@ class CudaBackend final : public Backend {
   DType act_type_() const { return wtype_; }  // GEMM inputs match the weights
   StatePool pool_;
   absl::Status deferred_;  // an error of a slot zero/copy, reported by the next call
+  absl::Status fatal_;     // a sticky CUDA error: every later call fails with it
 
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -334,6 +338,20 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
 }
 
 absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
+  if (!fatal_.ok()) return fatal_;
+  absl::Status s = ForwardImpl(batch, out);
+  if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument) {
+    // A kernel fault (illegal address, launch failure, ECC) poisons the
+    // context: the device then fails every call. A configuration error does
+    // not; tell them apart by whether the device still synchronises.
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+      fatal_ = absl::InternalError(absl::StrCat("the GPU failed and needs a restart of the server: ", s.message()));
+    }
+  }
+  return s;
+}
+
+absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
   if (absl::Status s = ValidateBatch(batch, pool_, cfg_.vocab_size); !s.ok()) return s;
   if (absl::Status s = TakeDeferred(); !s.ok()) return s;
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));  // the engine loop's thread

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/state_blob.h"
 #include "engine/stop_matcher.h"
@@ -138,6 +139,9 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
   g->samples.reserve(g->req.n);
   for (int i = 0; i < g->req.n; ++i) g->samples.emplace_back(i, g->req, *tokenizer_);
   std::lock_guard<std::mutex> lock(mu_);
+  if (!backend_failure_.ok()) {
+    return absl::UnavailableError(absl::StrCat("the compute backend failed: ", backend_failure_.message()));
+  }
   if (!accepting_.load() || stop_) return absl::UnavailableError("the server is shutting down");
   if (waiting_ >= options_.max_queue) {
     return absl::ResourceExhaustedError(
@@ -151,6 +155,11 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, std::shared_p
   stats_.requests_waiting = waiting_;
   wake_.notify_one();
   return handle;
+}
+
+absl::Status Engine::health() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return backend_failure_;
 }
 
 void Engine::Cancel(uint64_t handle) {
@@ -437,6 +446,13 @@ bool Engine::Step() {
   ForwardOutput out;
   const auto t_forward = Clock::now();
   absl::Status status = batch.empty() ? absl::OkStatus() : backend_->Forward(batch, &out);
+  if (!status.ok()) {
+    if (absl::Status h = backend_->Health(); !h.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (backend_failure_.ok()) backend_failure_ = h;
+      accepting_.store(false);
+    }
+  }
   const auto t_after = Clock::now();
   if (observer_ != nullptr && !batch.empty()) {
     observer_->OnStep(static_cast<int>(plan.num_tokens), static_cast<int>(decode_samples.size()), num_prefill_tokens,

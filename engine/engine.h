@@ -102,6 +102,9 @@ class Engine {
   // cancels what is left, and stops the engine thread. Idempotent.
   void Shutdown(int drain_ms);
   bool accepting() const { return accepting_.load(); }
+  // OK unless the backend broke for good (Backend::Health); then the engine
+  // admits nothing more and this says why.
+  absl::Status health() const;
 
   EngineStats Stats() const;
 
@@ -147,6 +150,7 @@ class Engine {
   int waiting_ ABSL_GUARDED_BY(mu_) = 0;  // inbox + engine-side queue
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> accepting_{true};
+  absl::Status backend_failure_;  // guarded by mu_
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
 
   const int64_t floats_per_slot_;

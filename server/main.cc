@@ -444,6 +444,17 @@ int main(int argc, char** argv) {
   SetHealth(*server, true);
   Log(absl::StrFormat("serving on %s", HostPort(host, bound_port)));
 
+  // Wait for SIGTERM/SIGINT; meanwhile a backend that broke for good (a
+  // sticky GPU error) turns gRPC health NOT_SERVING (HTTP /readyz follows the
+  // engine by itself), so an orchestrator restarts the process.
+  bool reported_failure = false;
+  while (signal.wait_for(std::chrono::seconds(1)) != std::future_status::ready) {
+    if (absl::Status h = model->engine->health(); !h.ok() && !reported_failure) {
+      reported_failure = true;
+      Log("backend failed, not ready any more: " + std::string(h.message()));
+      SetHealth(*server, false);
+    }
+  }
   const int sig = signal.get();
   const auto t_drain = std::chrono::steady_clock::now();
   const int drain_ms = absl::GetFlag(FLAGS_drain_timeout_ms);

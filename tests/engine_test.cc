@@ -243,5 +243,44 @@ TEST_F(EngineTest, ShutdownDrainsThenRefuses) {
   EXPECT_EQ(engine_->Submit(Greedy(RandomPrompt(10), 5), sink).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A backend that breaks for good after `ok_steps` forwards, as a GPU does
+// after a sticky CUDA error (illegal address, ECC).
+class BreakingBackend : public Backend {
+ public:
+  BreakingBackend(std::unique_ptr<Backend> inner, int ok_steps) : inner_(std::move(inner)), ok_steps_(ok_steps) {}
+  std::string name() const override { return "breaking"; }
+  const ModelConfig& config() const override { return inner_->config(); }
+  StatePool& state_pool() override { return inner_->state_pool(); }
+  absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) override {
+    if (steps_++ >= ok_steps_) broken_ = true;
+    if (broken_) return absl::InternalError("device fault");
+    return inner_->Forward(batch, out);
+  }
+  absl::Status Health() const override {
+    return broken_ ? absl::InternalError("device fault") : absl::OkStatus();
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  int ok_steps_;
+  int steps_ = 0;
+  bool broken_ = false;
+};
+
+TEST_F(EngineTest, ABrokenBackendFailsItsRequestsAndStopsAdmission) {
+  backend_ = std::make_unique<BreakingBackend>(std::move(backend_), 3);
+  StartEngine();
+  EXPECT_TRUE(engine_->health().ok());
+  auto running = Run(Greedy(RandomPrompt(10), 50));  // breaks at its 4th step
+  EXPECT_EQ(running->error_.code(), absl::StatusCode::kInternal) << running->error_;
+  EXPECT_FALSE(engine_->accepting());
+  EXPECT_EQ(engine_->health().code(), absl::StatusCode::kInternal);
+  auto sink = std::make_shared<CollectSink>();
+  const auto refused = engine_->Submit(Greedy(RandomPrompt(10), 5), sink);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("compute backend failed: device fault"), std::string::npos)
+      << refused.status();
+}
+
 }  // namespace
 }  // namespace gdnserve
