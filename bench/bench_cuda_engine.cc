@@ -87,11 +87,17 @@ double MeasureBf16GemmFlops() {
   CHECK_CUDA(cudaMemcpy(a, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
   cublasHandle_t handle;
-  cublasCreate(&handle);
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "bench_cuda_engine: cublasCreate failed\n");
+    std::exit(1);
+  }
   const float alpha = 1, beta = 0;
   const double s = BestSeconds([&] {
-    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta, c,
-                 CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n, &beta,
+                     c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+      std::fprintf(stderr, "bench_cuda_engine: the ceiling GEMM failed\n");
+      std::exit(1);
+    }
   });
   cublasDestroy(handle);
   cudaFree(a);

@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
                              [this](int src, int dst) { CopySlot(src, dst); }}) {}
 
   ~CudaBackend() override {
+    cudaSetDevice(options_.device);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     DropGraphs();
     if (cublas_ != nullptr) cublasDestroy(cublas_);
@@ -129,7 +130,6 @@ class CudaBackend final : public Backend {
   float* SlotPtr(int slot) const { return states_.f() + static_cast<int64_t>(slot) * layout_.floats_per_slot(); }
   void ZeroSlot(int slot);
   void CopySlot(int src, int dst);
-  absl::Status TakeDeferred() { return std::exchange(deferred_, absl::OkStatus()); }
   absl::Status ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out);
 
   std::shared_ptr<const ModelWeights> weights_;
@@ -140,7 +140,6 @@ class CudaBackend final : public Backend {
   DType wtype_;      // matrices
   DType act_type_() const { return wtype_; }  // GEMM inputs match the weights
   StatePool pool_;
-  absl::Status deferred_;  // an error of a slot zero/copy, reported by the next call
   absl::Status fatal_;     // a sticky CUDA error: every later call fails with it
 
   cudaStream_t stream_ = nullptr;
@@ -197,8 +196,9 @@ absl::Status CudaBackend::Init() {
     return absl::InvalidArgumentError(
         absl::StrFormat("CUDA device %d does not exist (this machine has %d)", options_.device, count));
   }
-  if (options_.num_slots < 1) {
-    return absl::InvalidArgumentError(absl::StrFormat("num_slots must be >= 1, got %d", options_.num_slots));
+  if (cfg_.head_dim > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("head_dim %d: the CUDA backend's kernels take head_dim <= 256", cfg_.head_dim));
   }
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));
   GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -242,27 +242,33 @@ absl::Status CudaBackend::Init() {
                                                         s.message()));
   }
   GDN_CUDA_RETURN(cudaMemsetAsync(states_.get(), 0, states_.bytes(), stream_));
-  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  // The weight uploads went through the legacy stream: order them (and the
+  // memset) before anything on stream_.
+  GDN_CUDA_RETURN(cudaDeviceSynchronize());
   return absl::OkStatus();
 }
 
+// A slot that cannot be zeroed or copied would hand a sequence someone
+// else's state: such a failure breaks the backend for good (Health).
 void CudaBackend::ZeroSlot(int slot) {
-  absl::Status s = CudaStatus(cudaMemsetAsync(SlotPtr(slot), 0, layout_.bytes_per_slot(), stream_), "zero slot");
-  if (!s.ok() && deferred_.ok()) deferred_ = s;
+  cudaError_t e = cudaSetDevice(options_.device);
+  if (e == cudaSuccess) e = cudaMemsetAsync(SlotPtr(slot), 0, layout_.bytes_per_slot(), stream_);
+  if (e != cudaSuccess && fatal_.ok()) fatal_ = CudaStatus(e, "zeroing a state slot");
 }
 
 void CudaBackend::CopySlot(int src, int dst) {
-  absl::Status s = CudaStatus(
-      cudaMemcpyAsync(SlotPtr(dst), SlotPtr(src), layout_.bytes_per_slot(), cudaMemcpyDeviceToDevice, stream_),
-      "copy slot");
-  if (!s.ok() && deferred_.ok()) deferred_ = s;
+  cudaError_t e = cudaSetDevice(options_.device);
+  if (e == cudaSuccess) {
+    e = cudaMemcpyAsync(SlotPtr(dst), SlotPtr(src), layout_.bytes_per_slot(), cudaMemcpyDeviceToDevice, stream_);
+  }
+  if (e != cudaSuccess && fatal_.ok()) fatal_ = CudaStatus(e, "copying a state slot");
 }
 
 absl::Status CudaBackend::ReadSlot(int slot, absl::Span<float> out) {
   if (!pool_.InUse(slot) || static_cast<int64_t>(out.size()) != layout_.floats_per_slot()) {
     return absl::InvalidArgumentError("ReadSlot: slot not in use or wrong size");
   }
-  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
+  if (!fatal_.ok()) return fatal_;
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));
   GDN_CUDA_RETURN(
       cudaMemcpyAsync(out.data(), SlotPtr(slot), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -274,7 +280,7 @@ absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
   if (!pool_.InUse(slot) || static_cast<int64_t>(in.size()) != layout_.floats_per_slot()) {
     return absl::InvalidArgumentError("WriteSlot: slot not in use or wrong size");
   }
-  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
+  if (!fatal_.ok()) return fatal_;
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));
   GDN_CUDA_RETURN(
       cudaMemcpyAsync(SlotPtr(slot), in.data(), in.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
@@ -330,7 +336,10 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
       {&logits_, R * static_cast<int64_t>(cfg_.vocab_size) * 4},
   };
   for (const auto& [buf, bytes] : sizes) {
-    if (absl::Status s = buf->Reserve(static_cast<size_t>(bytes)); !s.ok()) return s;
+    if (absl::Status s = buf->Reserve(static_cast<size_t>(bytes)); !s.ok()) {
+      cap_T_ = cap_R_ = 0;  // some buffers are gone: the next call reallocates them all
+      return s;
+    }
   }
   cap_T_ = T;
   cap_R_ = R;
@@ -339,6 +348,7 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
 
 absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
   if (!fatal_.ok()) return fatal_;
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));  // the engine loop's thread
   absl::Status s = ForwardImpl(batch, out);
   if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument) {
     // A kernel fault (illegal address, launch failure, ECC) poisons the
@@ -353,8 +363,6 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
 
 absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
   if (absl::Status s = ValidateBatch(batch, pool_, cfg_.vocab_size); !s.ok()) return s;
-  if (absl::Status s = TakeDeferred(); !s.ok()) return s;
-  GDN_CUDA_RETURN(cudaSetDevice(options_.device));  // the engine loop's thread
   const int P = static_cast<int>(batch.size());
   int64_t T = 0, R = 0;
   for (const SeqPiece& p : batch) {
@@ -576,6 +584,9 @@ int CudaDeviceCount() {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(std::shared_ptr<const ModelWeights> weights,
                                                            const CudaBackendOptions& options) {
+  if (options.num_slots < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("num_slots must be >= 1, got %d", options.num_slots));
+  }
   auto backend = std::make_unique<CudaBackend>(std::move(weights), options);
   if (absl::Status s = backend->Init(); !s.ok()) return s;
   return backend;

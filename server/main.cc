@@ -30,6 +30,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/config.h"
@@ -134,6 +135,24 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::st
 
 using gdnserve::server::HostPort;
 
+// Whether --device names a GPU this process can use. After WatchSignals: the
+// CUDA driver may start threads, which must inherit the blocked signal mask.
+absl::Status CheckDevice() {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") return absl::OkStatus();
+  int ordinal = 0;
+  if (device.size() > 4 && !absl::SimpleAtoi(device.substr(5), &ordinal)) {
+    return absl::InvalidArgumentError("--device " + device + ": bad CUDA device (cuda or cuda:N)");
+  }
+  const int count = gdnserve::CudaDeviceCount();
+  if (count == 0) return absl::FailedPreconditionError("--device " + device + ": no CUDA device is available");
+  if (ordinal < 0 || ordinal >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--device %s: this machine has %d CUDA device(s) (cuda:0..cuda:%d)", device, count, count - 1));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckFlags() {
   auto at_least = [](const char* name, int value, int min) -> absl::Status {
     if (value >= min) return absl::OkStatus();
@@ -146,9 +165,6 @@ absl::Status CheckFlags() {
   if (device != "cpu" && !gdnserve::CudaBackendBuilt()) {
     return absl::InvalidArgumentError("--device " + device +
                                       ": this gdnserve was built without CUDA (configure with -DGDNSERVE_CUDA=ON)");
-  }
-  if (device != "cpu" && gdnserve::CudaDeviceCount() == 0) {
-    return absl::FailedPreconditionError("--device " + device + ": no CUDA device is available");
   }
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
   if (dtype != "auto" && dtype != "f32" && dtype != "bf16") {
@@ -343,6 +359,7 @@ int main(int argc, char** argv) {
 
   // Before any thread exists, so that every thread inherits the blocked mask.
   std::shared_future<int> signal = WatchSignals();
+  if (absl::Status s = CheckDevice(); !s.ok()) return Fail(std::string(s.message()));
 
   // A bad model directory is reported before anything else is started.
   const std::string model_dir = absl::GetFlag(FLAGS_model);

@@ -26,6 +26,8 @@ using testing::HaveGpu;
 struct Param {
   std::string model;  // under GDNSERVE_TEST_MODELS, or a path
   bool bf16;
+  bool chunked = false;  // prefill pieces through the chunkwise kernel
+  bool graphs = true;    // decode steps as CUDA graphs
 };
 
 std::string ModelPath(const std::string& m) {
@@ -46,7 +48,10 @@ class CudaBackendTest : public ::testing::TestWithParam<Param> {
     auto cpu = CreateCpuBackend(weights, {.num_slots = 8});
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     cpu_ = std::move(*cpu);
-    auto gpu = CreateCudaBackend(weights, {.num_slots = 8, .bf16 = GetParam().bf16});
+    auto gpu = CreateCudaBackend(weights, {.num_slots = 8,
+                                           .bf16 = GetParam().bf16,
+                                           .cuda_graphs = GetParam().graphs,
+                                           .chunked_prefill = GetParam().chunked});
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = std::move(*gpu);
     rng_.seed(testing::TestSeed() + std::hash<std::string>{}(GetParam().model) + GetParam().bf16);
@@ -145,9 +150,10 @@ TEST_P(CudaBackendTest, PiecesEqualWholeAndSlotsRoundTrip) {
     pieces.insert(pieces.end(), rows.begin(), rows.end());
     begin = end;
   }
-  // float32: rounding only (1-token pieces take the recurrent kernel, longer
-  // ones the chunkwise one); bf16 rounds GEMM inputs, which spreads those
-  // last-bit differences (1.3e-3 measured on the bundled model, H200).
+  // float32: rounding only (with chunked prefill, 1-token pieces take the
+  // recurrent kernel and longer ones the chunkwise one); bf16 rounds GEMM
+  // inputs, which spreads those last-bit differences (1.3e-3 measured on the
+  // bundled model, H200).
   EXPECT_LE(RelErr(pieces, whole_rows), GetParam().bf16 ? 1e-2 : 1e-5);
 
   // Snapshot a, continue a; restore the snapshot into c, continue c: same.
@@ -248,20 +254,34 @@ TEST_P(CudaBackendTest, BadInputIsAnErrorNotACrash) {
   const absl::Status st = gpu_->Forward({&p, 1}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("outside the vocabulary"), std::string::npos) << st;
-  SeqPiece q{s + 1, bad, false};  // slot not acquired
-  EXPECT_EQ(gpu_->Forward({&q, 1}, &out).code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<int32_t> good = RandomIds(3);
+  SeqPiece q{s + 1, good, false};  // a slot not acquired
+  const absl::Status sq = gpu_->Forward({&q, 1}, &out);
+  EXPECT_EQ(sq.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(sq.message().find("not in use"), std::string::npos) << sq;
+  // Refused batches touch nothing: the backend still computes, and is healthy.
+  SeqPiece r{s, good, false};
+  EXPECT_TRUE(gpu_->Forward({&r, 1}, &out).ok());
+  EXPECT_TRUE(gpu_->Health().ok());
 }
 
 std::string Name(const ::testing::TestParamInfo<Param>& info) {
   std::string m = info.param.model;
   std::replace_if(m.begin(), m.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-  return m + (info.param.bf16 ? "_bf16" : "_f32");
+  return m + (info.param.bf16 ? "_bf16" : "_f32") + (info.param.chunked ? "_chunked" : "") +
+         (info.param.graphs ? "" : "_nographs");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest,
                          ::testing::Values(Param{"tiny", false}, Param{"tiny", true}, Param{"tiny_gva", false},
                                            Param{"tiny_gva", true}, Param{GDNSERVE_BUNDLED_MODEL, false},
-                                           Param{GDNSERVE_BUNDLED_MODEL, true}),
+                                           Param{GDNSERVE_BUNDLED_MODEL, true},
+                                           // The chunkwise prefill kernel in mixed batches (off by default).
+                                           Param{"tiny", false, true}, Param{"tiny_gva", false, true},
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, true},
+                                           Param{GDNSERVE_BUNDLED_MODEL, true, true},
+                                           // Decode without CUDA graphs.
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, false, false}),
                          Name);
 
 }  // namespace

@@ -98,8 +98,10 @@ using Gdn2Kernel = cudaError_t (*)(const cuda::Gdn2RecurrentArgs&, cudaStream_t)
 // A GDN-2 kernel (gates and norms fused) vs the CPU ops + Gdn2RecurrentHead,
 // outputs and final states, float32 throughout; every piece, or a listed
 // subset (the others' slots must stay untouched).
+// aligned: slots at 16-byte boundaries (the backend's layout for K % 4 == 0,
+// which takes the kernels' vector state path); else offset by odd amounts.
 void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const std::vector<int>& lengths,
-                     bool use_list, std::mt19937_64& rng) {
+                     bool use_list, std::mt19937_64& rng, bool aligned = false) {
   auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
     std::normal_distribution<float> d(mean, scale);
     std::vector<float> v(n);
@@ -127,7 +129,8 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         std::vector<float> dt_bias = Normal(key_dim, 0.5f, extreme ? 1.0f : -2.0f);
         // Slot pool: recurrent states of one layer at offset 5 of a padded slot.
         const int64_t rec = static_cast<int64_t>(sh.HV) * sh.V * sh.K;
-        const int64_t slot_stride = rec + 11;
+        const int64_t slot_stride = aligned ? rec + 8 : rec + 11;
+        const int64_t offset = aligned ? 4 : 5;
         std::vector<float> pool = Normal(num_slots * slot_stride, 0.3f);
 
         cuda::Gdn2RecurrentArgs a;
@@ -153,7 +156,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         a.HV = sh.HV;
         a.K = sh.K;
         a.V = sh.V;
-        a.state = {d_pool.get(), slot_stride, 5, 0};
+        a.state = {d_pool.get(), slot_stride, offset, 0};
         a.pieces = db.pieces;
         a.out = d_out.get();
         a.out_stride = value_dim;
@@ -190,7 +193,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
                                    &gc[t0 * key_dim + hk * sh.K], &bc[t0 * key_dim + hk * sh.K],
                                    &v[t0 * value_dim + hv * sh.V], &wc[t0 * value_dim + hv * sh.V],
                                    key_dim, key_dim, key_dim, key_dim, value_dim, value_dim};
-            cpu::Gdn2RecurrentHead(in, n, sh.K, sh.V, &want_pool[slots[p] * slot_stride + 5 + hv * sh.V * sh.K],
+            cpu::Gdn2RecurrentHead(in, n, sh.K, sh.V, &want_pool[slots[p] * slot_stride + offset + hv * sh.V * sh.K],
                                    &want_out[t0 * value_dim + hv * sh.V], value_dim);
           }
         }
@@ -226,6 +229,10 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
   CheckGdn2Kernel(cuda::Gdn2Recurrent, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 1, 1}, false, rng_);
   CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 64, 64}}, {1, 1, 1, 1, 1}, false, rng_);  // a decode batch
   CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 4, 64, 32}}, {3, 1, 70, 1, 5}, true, rng_);
+  // The vector state path (float4 for K 128/256, float2 for K 64), decode and prefill.
+  const std::vector<Shape> vec_shapes = {{4, 4, 128, 128}, {2, 2, 64, 64}, {1, 2, 256, 40}};
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 1, 1, 1, 1, 1}, false, rng_, true);
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 17, 64, 130}, false, rng_, true);
 }
 
 // The chunkwise kernel vs the same CPU recurrence: every length edge case
@@ -237,6 +244,7 @@ TEST_F(CudaKernelTest, ChunkedMatchesCpu) {
   const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {2, 2, 48, 40}, {1, 1, 128, 72}};
   CheckGdn2Kernel(cuda::Gdn2Chunked, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 200, 2}, false, rng_);
   CheckGdn2Kernel(cuda::Gdn2Chunked, {{2, 4, 64, 32}}, {300, 1, 70, 1, 64}, true, rng_);
+  CheckGdn2Kernel(cuda::Gdn2Chunked, {{4, 4, 128, 128}}, {1, 65, 200}, false, rng_, true);
 }
 
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {

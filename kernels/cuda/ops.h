@@ -91,9 +91,9 @@ struct Gdn2RecurrentArgs {
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 
 // The same result a chunk of 64 tokens at a time (DESIGN.md 1.3), float32
-// throughout: for prefill pieces. K <= 128; any V. Needs ~190 KB of shared
-// memory per block (Hopper/Ampere); Gdn2ChunkSupported() says whether the
-// device and shape allow it.
+// throughout: for prefill pieces. K <= 128; any V. Needs up to ~211 KiB of
+// shared memory per block (K = 128): Hopper has it, A100 (163 KiB) does not;
+// Gdn2ChunkSupported() says whether the device and shape allow it.
 cudaError_t Gdn2Chunked(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 bool Gdn2ChunkSupported(int K);
 
