@@ -132,8 +132,8 @@ class CudaBackend final : public Backend {
   void CopySlot(int src, int dst);
   absl::Status ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out);
 
-  std::shared_ptr<const ModelWeights> weights_;
-  const ModelConfig& cfg_;
+  std::shared_ptr<const ModelWeights> weights_;  // host copy: dropped once uploaded (Init)
+  const ModelConfig cfg_;
   CudaBackendOptions options_;
   InProjLayout proj_;
   StateLayout layout_;
@@ -245,6 +245,7 @@ absl::Status CudaBackend::Init() {
   // The weight uploads went through the legacy stream: order them (and the
   // memset) before anything on stream_.
   GDN_CUDA_RETURN(cudaDeviceSynchronize());
+  weights_.reset();  // the float32 host weights (5.8 GB for the 1.3B shape) are no longer needed here
   return absl::OkStatus();
 }
 
