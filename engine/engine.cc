@@ -358,10 +358,17 @@ bool Engine::Step() {
   };
   // A request ended at or past its deadline failed, whoever noticed first
   // (the engine's clock here, or the front end's cancel): the client sees
-  // DEADLINE_EXCEEDED and the metrics count an error, not a success.
+  // DEADLINE_EXCEEDED and the metrics count an error, not a success. A
+  // client's cancel that arrives just before our deadline is the client's
+  // own deadline firing: its timer started before the request reached us
+  // (gRPC sends the time left), so it runs ahead of ours by the request's
+  // transit time — kClientDeadlineSlack of it is taken as the deadline.
+  constexpr auto kClientDeadlineSlack = std::chrono::milliseconds(250);
   auto cancel_group = [&](Group& g) {
+    const bool by_client = std::find(cancels.begin(), cancels.end(), g.handle) != cancels.end();
     for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
-    if (now >= g.req.deadline && g.error.ok()) g.error = absl::DeadlineExceededError("deadline exceeded");
+    const auto slack = by_client ? Clock::duration(kClientDeadlineSlack) : Clock::duration::zero();
+    if (now >= g.req.deadline - slack && g.error.ok()) g.error = absl::DeadlineExceededError("deadline exceeded");
   };
   std::vector<std::unique_ptr<Group>> done;
   for (auto it = waiting_groups_.begin(); it != waiting_groups_.end();) {

@@ -15,7 +15,7 @@ namespace {
 TEST(Linear, MatchesReferenceForAllBatchSizes) {
   std::mt19937_64 rng(testing::TestSeed());
   std::normal_distribution<float> d(0.0f, 1.0f);
-  for (int64_t T : {1, 2, 3, 4, 5, 7, 8, 9, 16, 33}) {
+  for (int64_t T : {1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 32, 33, 63, 64, 65}) {
     for (bool accumulate : {false, true}) {
       const int64_t n_in = 8 + rng() % 300, n_out = 1 + rng() % 200, xs = n_in + rng() % 5, ys = n_out + rng() % 5;
       std::vector<float> x(T * xs), W(n_out * n_in), bias(n_out), y(T * ys);
