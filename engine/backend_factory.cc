@@ -8,29 +8,58 @@
 
 namespace gdnserve {
 
+namespace {
+
+bool IsCuda(const std::string& device) { return device == "cuda" || absl::StartsWith(device, "cuda:"); }
+
+}  // namespace
+
+absl::Status CheckBackendSpec(const BackendSpec& spec) {
+  if (spec.device != "cpu" && !IsCuda(spec.device)) {
+    return absl::InvalidArgumentError(absl::StrFormat("--device must be cpu, cuda or cuda:N, got %s", spec.device));
+  }
+  if (IsCuda(spec.device) && !CudaBackendBuilt()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--device %s: this gdnserve was built without CUDA (configure with -DGDNSERVE_CUDA=ON)", spec.device));
+  }
+  if (spec.dtype != "auto" && spec.dtype != "f32" && spec.dtype != "bf16") {
+    return absl::InvalidArgumentError(absl::StrFormat("--dtype must be auto, f32 or bf16, got %s", spec.dtype));
+  }
+  if (spec.device == "cpu" && spec.dtype == "bf16") {
+    return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> ResolveDevice(const BackendSpec& spec) {
+  if (spec.device == "cpu") return 0;
+  int ordinal = 0;
+  if (spec.device.size() > 4 && !absl::SimpleAtoi(spec.device.substr(5), &ordinal)) {
+    return absl::InvalidArgumentError(absl::StrFormat("--device %s: bad CUDA device (cuda or cuda:N)", spec.device));
+  }
+  const int count = CudaDeviceCount();
+  if (count == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat("--device %s: no CUDA device is available", spec.device));
+  }
+  if (ordinal < 0 || ordinal >= count) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--device %s: this machine has %d CUDA device(s) (cuda:0..cuda:%d)", spec.device, count, count - 1));
+  }
+  return ordinal;
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const ModelWeights> weights,
                                                        const BackendSpec& spec) {
-  if (spec.dtype != "auto" && spec.dtype != "f32" && spec.dtype != "bf16") {
-    return absl::InvalidArgumentError(absl::StrFormat("--dtype must be auto, f32 or bf16, got '%s'", spec.dtype));
-  }
+  if (absl::Status s = CheckBackendSpec(spec); !s.ok()) return s;
   if (spec.device == "cpu") {
-    if (spec.dtype == "bf16") {
-      return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");
-    }
     return CreateCpuBackend(std::move(weights), {.num_slots = spec.num_slots, .num_threads = spec.num_threads});
   }
-  if (spec.device == "cuda" || absl::StartsWith(spec.device, "cuda:")) {
-    int ordinal = 0;
-    if (spec.device.size() > 4 && !absl::SimpleAtoi(spec.device.substr(5), &ordinal)) {
-      return absl::InvalidArgumentError(absl::StrFormat("--device: bad CUDA device '%s' (cuda or cuda:N)", spec.device));
-    }
-    return CreateCudaBackend(std::move(weights), {.num_slots = spec.num_slots,
-                                                  .device = ordinal,
-                                                  .bf16 = spec.dtype != "f32",
-                                                  .cuda_graphs = spec.cuda_graphs});
-  }
-  return absl::InvalidArgumentError(
-      absl::StrFormat("--device must be cpu, cuda or cuda:N, got '%s'", spec.device));
+  absl::StatusOr<int> ordinal = ResolveDevice(spec);
+  if (!ordinal.ok()) return ordinal.status();
+  return CreateCudaBackend(std::move(weights), {.num_slots = spec.num_slots,
+                                                .device = *ordinal,
+                                                .bf16 = spec.dtype != "f32",
+                                                .cuda_graphs = spec.cuda_graphs});
 }
 
 }  // namespace gdnserve

@@ -19,8 +19,18 @@ struct BackendSpec {
   bool cuda_graphs = true;
 };
 
-// InvalidArgument naming the flag for a bad spelling or an unsupported pair
-// (bf16 on the CPU); the backend's own errors otherwise (no GPU, no memory).
+// The spelling of spec.device and spec.dtype and their pairing (bf16 needs
+// CUDA; CUDA needs a CUDA build): InvalidArgument naming the flag. Touches
+// no device, so it can run before anything starts.
+absl::Status CheckBackendSpec(const BackendSpec& spec);
+
+// Whether spec.device names a usable GPU (after CheckBackendSpec): the CUDA
+// ordinal, or FailedPrecondition / InvalidArgument. Initialises the CUDA
+// driver (which may start threads). 0 for "cpu".
+absl::StatusOr<int> ResolveDevice(const BackendSpec& spec);
+
+// CheckBackendSpec, then the backend; the backend's own errors otherwise (no
+// GPU, no memory).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const ModelWeights> weights,
                                                        const BackendSpec& spec);
 

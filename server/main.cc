@@ -135,22 +135,12 @@ std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::st
 
 using gdnserve::server::HostPort;
 
-// Whether --device names a GPU this process can use. After WatchSignals: the
-// CUDA driver may start threads, which must inherit the blocked signal mask.
-absl::Status CheckDevice() {
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device == "cpu") return absl::OkStatus();
-  int ordinal = 0;
-  if (device.size() > 4 && !absl::SimpleAtoi(device.substr(5), &ordinal)) {
-    return absl::InvalidArgumentError("--device " + device + ": bad CUDA device (cuda or cuda:N)");
-  }
-  const int count = gdnserve::CudaDeviceCount();
-  if (count == 0) return absl::FailedPreconditionError("--device " + device + ": no CUDA device is available");
-  if (ordinal < 0 || ordinal >= count) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--device %s: this machine has %d CUDA device(s) (cuda:0..cuda:%d)", device, count, count - 1));
-  }
-  return absl::OkStatus();
+gdnserve::BackendSpec SpecFromFlags() {
+  return {.device = absl::GetFlag(FLAGS_device),
+          .dtype = absl::GetFlag(FLAGS_dtype),
+          .num_slots = absl::GetFlag(FLAGS_max_seqs),
+          .num_threads = absl::GetFlag(FLAGS_threads),
+          .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs)};
 }
 
 absl::Status CheckFlags() {
@@ -158,21 +148,7 @@ absl::Status CheckFlags() {
     if (value >= min) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrFormat("--%s must be >= %d, got %d", name, min, value));
   };
-  const std::string device = absl::GetFlag(FLAGS_device);
-  if (device != "cpu" && device != "cuda" && !absl::StartsWith(device, "cuda:")) {
-    return absl::InvalidArgumentError("--device must be cpu, cuda or cuda:N, got " + device);
-  }
-  if (device != "cpu" && !gdnserve::CudaBackendBuilt()) {
-    return absl::InvalidArgumentError("--device " + device +
-                                      ": this gdnserve was built without CUDA (configure with -DGDNSERVE_CUDA=ON)");
-  }
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "auto" && dtype != "f32" && dtype != "bf16") {
-    return absl::InvalidArgumentError("--dtype must be auto, f32 or bf16, got " + dtype);
-  }
-  if (device == "cpu" && dtype == "bf16") {
-    return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");
-  }
+  if (absl::Status s = gdnserve::CheckBackendSpec(SpecFromFlags()); !s.ok()) return s;
   for (const auto& [name, port] : {std::pair{"grpc-port", absl::GetFlag(FLAGS_grpc_port)},
                                    std::pair{"http-port", absl::GetFlag(FLAGS_http_port)}}) {
     if (port < 0 || port > 65535)
@@ -244,11 +220,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   if (!tokenizer.ok()) return tokenizer.status();
   m.tokenizer = std::move(*tokenizer);
   const int slots = absl::GetFlag(FLAGS_max_seqs);
-  auto backend = gdnserve::CreateBackend(std::move(*weights), {.device = absl::GetFlag(FLAGS_device),
-                                                               .dtype = absl::GetFlag(FLAGS_dtype),
-                                                               .num_slots = slots,
-                                                               .num_threads = absl::GetFlag(FLAGS_threads),
-                                                               .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs)});
+  auto backend = gdnserve::CreateBackend(std::move(*weights), SpecFromFlags());
   if (!backend.ok()) return backend.status();
   m.backend = std::move(*backend);
 
@@ -359,7 +331,11 @@ int main(int argc, char** argv) {
 
   // Before any thread exists, so that every thread inherits the blocked mask.
   std::shared_future<int> signal = WatchSignals();
-  if (absl::Status s = CheckDevice(); !s.ok()) return Fail(std::string(s.message()));
+  // After WatchSignals: the CUDA driver may start threads, which must
+  // inherit the blocked signal mask.
+  if (absl::StatusOr<int> d = gdnserve::ResolveDevice(SpecFromFlags()); !d.ok()) {
+    return Fail(std::string(d.status().message()));
+  }
 
   // A bad model directory is reported before anything else is started.
   const std::string model_dir = absl::GetFlag(FLAGS_model);
