@@ -1,10 +1,15 @@
 #include "engine/backend.h"
 
+#include <vector>
+
 #include "absl/strings/str_format.h"
 
 namespace gdnserve {
 
 absl::Status ValidateBatch(absl::Span<const SeqPiece> batch, const StatePool& pool, int vocab_size) {
+  // The piece that took each slot (one pass: decode batches have hundreds).
+  thread_local std::vector<int> owner;
+  owner.assign(pool.num_slots(), -1);
   for (size_t i = 0; i < batch.size(); ++i) {
     const SeqPiece& p = batch[i];
     if (!pool.InUse(p.slot)) {
@@ -18,11 +23,11 @@ absl::Status ValidateBatch(absl::Span<const SeqPiece> batch, const StatePool& po
             vocab_size));
       }
     }
-    for (size_t k = 0; k < i; ++k) {
-      if (batch[k].slot == p.slot) {
-        return absl::InvalidArgumentError(absl::StrFormat("pieces %d and %d share state slot %d", k, i, p.slot));
-      }
+    if (owner[p.slot] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("pieces %d and %d share state slot %d", owner[p.slot], i, p.slot));
     }
+    owner[p.slot] = static_cast<int>(i);
   }
   return absl::OkStatus();
 }
