@@ -184,7 +184,9 @@ TEST_P(ModelTest, BadInputsAreErrorsNamingWhatIsWrong) {
   st = backend_->Forward({&free_slot, 1}, &out);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   SeqPiece twice[2] = {{s, ok, false}, {s, ok, false}};
-  EXPECT_EQ(backend_->Forward(twice, &out).code(), absl::StatusCode::kInvalidArgument);
+  st = backend_->Forward(twice, &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("pieces 0 and 1 share state slot"), std::string::npos) << st;
   ASSERT_TRUE(pool.Release(s).ok());
 }
 
