@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "engine/config.h"
+#include "engine/sampler.h"
 #include "engine/state_pool.h"
 
 namespace gdnserve {
@@ -22,6 +23,11 @@ struct SeqPiece {
   int slot = -1;
   absl::Span<const int32_t> tokens;
   bool all_logits = false;  // logits for every token; else only for the last
+  // The rows must reach the host. A backend that samples on the device
+  // (Backend::SamplesOnDevice) may leave rows of pieces without it on the
+  // device: ForwardOutput's rows for them are then undefined, and Draw reads
+  // them. Host backends ignore it.
+  bool host_logits = true;
 };
 
 // Logits rows, piece by piece: piece i owns rows [first_row[i], first_row[i+1]).
@@ -41,6 +47,19 @@ struct ForwardOutput {
   std::vector<float> AllRows() const { return std::vector<float>(data(), data() + rows() * vocab); }
 };
 
+// A token to draw on the device from row `row` of the last Forward's logits
+// (kernels/cpu/sample.h's rule). The sequence's own generator supplies
+// `uniform` (SequenceSampler::NextUniform; unused when greedy), so seeded
+// requests draw the same tokens on every backend. Penalty inputs as in
+// SequenceSampler (repeated: distinct prompt + output tokens; counted/counts:
+// distinct output tokens and how often each was drawn).
+struct DeviceDraw {
+  int64_t row = 0;
+  const SamplingParams* params = nullptr;
+  double uniform = 0.0;
+  absl::Span<const int32_t> repeated, counted, counts;
+};
+
 // Checks a batch against a pool and vocabulary: every slot in use and used
 // once, every piece non-empty, every token id in range; InvalidArgument naming
 // the piece otherwise. Backends call it before touching any state.
@@ -54,6 +73,15 @@ class Backend {
   virtual StatePool& state_pool() = 0;
   // Runs the batch; InvalidArgument for a bad token id or slot, naming it.
   virtual absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) = 0;
+
+  // Whether Draw works: tokens picked where the logits are, so they need not
+  // cross to the host (pieces with host_logits = false).
+  virtual bool SamplesOnDevice() const { return false; }
+  // Draws one token per entry from the last Forward's rows: out[i] gets the
+  // token and its logprob under the raw logits (no top alternatives).
+  virtual absl::Status Draw(absl::Span<const DeviceDraw> /*draws*/, absl::Span<SampleResult> /*out*/) {
+    return absl::UnimplementedError("this backend samples on the host");
+  }
 
   // OK while the backend can compute. A device backend returns the error
   // that broke it for good (a sticky CUDA error: the process must restart);

@@ -104,6 +104,7 @@ class CudaBackend final : public Backend {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
     if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
+    if (draw_pinned_ != nullptr) cudaFreeHost(draw_pinned_);
   }
 
   absl::Status Init();
@@ -113,6 +114,8 @@ class CudaBackend final : public Backend {
   StatePool& state_pool() override { return pool_; }
   absl::Status Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) override;
   absl::Status Health() const override { return fatal_; }
+  bool SamplesOnDevice() const override { return true; }
+  absl::Status Draw(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out) override;
   absl::Status ReadSlot(int slot, absl::Span<float> out) override;
   absl::Status WriteSlot(int slot, absl::Span<const float> in) override;
 
@@ -131,6 +134,7 @@ class CudaBackend final : public Backend {
   void ZeroSlot(int slot);
   void CopySlot(int src, int dst);
   absl::Status ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out);
+  absl::Status DrawImpl(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out);
 
   std::shared_ptr<const ModelWeights> weights_;  // host copy: dropped once uploaded (Init)
   const ModelConfig cfg_;
@@ -152,6 +156,12 @@ class CudaBackend final : public Backend {
   size_t host_ints_cap_ = 0;
   float* host_logits_ = nullptr;  // pinned: the last Forward's logits (ForwardOutput::external)
   size_t host_logits_cap_ = 0;
+  int64_t last_rows_ = 0;  // logits rows of the last Forward (Draw reads them)
+  // Draw: specs + penalty lists up, tokens + logprobs down (pinned), penalized rows.
+  std::vector<char> draw_host_;
+  char* draw_pinned_ = nullptr;
+  size_t draw_pinned_cap_ = 0;
+  DeviceBuffer draw_dev_, draw_work_;
   DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
   DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
@@ -363,6 +373,7 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
 }
 
 absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
+  last_rows_ = 0;
   if (absl::Status s = ValidateBatch(batch, pool_, cfg_.vocab_size); !s.ok()) return s;
   const int P = static_cast<int>(batch.size());
   int64_t T = 0, R = 0;
@@ -433,8 +444,12 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
       !s.ok()) {
     return s;
   }
-  // Logits land in a pinned buffer the output points at (no pageable copy).
-  const size_t floats = static_cast<size_t>(R) * cfg_.vocab_size;
+  last_rows_ = R;
+  // Logits land in a pinned buffer the output points at (no pageable copy):
+  // the rows of pieces that want them on the host, one copy per run of such
+  // pieces (the others stay on the device for Draw).
+  const int64_t vocab = cfg_.vocab_size;
+  const size_t floats = static_cast<size_t>(R) * vocab;
   if (floats > host_logits_cap_) {
     if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
     host_logits_ = nullptr;
@@ -442,11 +457,111 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
     GDN_CUDA_RETURN(cudaMallocHost(&host_logits_, floats * sizeof(float)));
     host_logits_cap_ = floats;
   }
-  GDN_CUDA_RETURN(
-      cudaMemcpyAsync(host_logits_, logits_.get(), floats * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  for (int i = 0; i < P;) {
+    if (!batch[i].host_logits) {
+      ++i;
+      continue;
+    }
+    int j = i;
+    while (j < P && batch[j].host_logits) ++j;
+    const int64_t r0 = out->first_row[i], r1 = out->first_row[j];
+    GDN_CUDA_RETURN(cudaMemcpyAsync(host_logits_ + r0 * vocab, logits_.f() + r0 * vocab,
+                                    (r1 - r0) * vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    i = j;
+  }
   GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
   out->logits.clear();
   out->external = host_logits_;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Draw(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out) {
+  if (!fatal_.ok()) return fatal_;
+  GDN_CUDA_RETURN(cudaSetDevice(options_.device));
+  absl::Status s = DrawImpl(draws, out);
+  if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument && cudaDeviceSynchronize() != cudaSuccess) {
+    fatal_ = absl::InternalError(absl::StrCat("the GPU failed and needs a restart of the server: ", s.message()));
+  }
+  return s;
+}
+
+absl::Status CudaBackend::DrawImpl(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out) {
+  const int D = static_cast<int>(draws.size());
+  if (out.size() != draws.size()) return absl::InvalidArgumentError("Draw: one output per draw");
+  if (D == 0) return absl::OkStatus();
+  // Layout of the upload: specs [D], then the penalty lists (int32).
+  std::vector<cuda::DrawSpec> specs(D);
+  std::vector<int32_t> lists;
+  bool penalties = false;
+  for (int i = 0; i < D; ++i) {
+    const DeviceDraw& d = draws[i];
+    if (d.params == nullptr || d.row < 0 || d.row >= last_rows_) {
+      return absl::InvalidArgumentError(absl::StrFormat("Draw %d: row %d is not a row of the last forward (%d rows)",
+                                                        i, d.row, last_rows_));
+    }
+    const SamplingParams& p = *d.params;
+    cuda::DrawSpec& c = specs[i];
+    c.row = static_cast<int32_t>(d.row);
+    c.top_k = p.top_k;
+    c.temperature = p.temperature;
+    c.top_p = p.top_p;
+    c.min_p = p.min_p;
+    c.repetition = p.repetition_penalty;
+    c.presence = p.presence_penalty;
+    c.frequency = p.frequency_penalty;
+    c.uniform = d.uniform;
+    if (p.repetition_penalty != 1.0f && !d.repeated.empty()) {
+      c.repeated_begin = static_cast<int32_t>(lists.size());
+      c.num_repeated = static_cast<int32_t>(d.repeated.size());
+      lists.insert(lists.end(), d.repeated.begin(), d.repeated.end());
+    }
+    if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && !d.counted.empty()) {
+      if (d.counts.size() != d.counted.size()) return absl::InvalidArgumentError("Draw: counted/counts sizes differ");
+      c.counted_begin = static_cast<int32_t>(lists.size());
+      c.num_counted = static_cast<int32_t>(d.counted.size());
+      lists.insert(lists.end(), d.counted.begin(), d.counted.end());
+      lists.insert(lists.end(), d.counts.begin(), d.counts.end());
+    }
+    penalties = penalties || p.repetition_penalty != 1.0f || c.num_counted > 0;
+  }
+  const size_t spec_bytes = D * sizeof(cuda::DrawSpec), list_bytes = lists.size() * sizeof(int32_t);
+  const size_t result_bytes = D * (sizeof(int32_t) + sizeof(float));
+  const size_t up = spec_bytes + list_bytes;
+  const size_t pinned = std::max(up, result_bytes);
+  if (pinned > draw_pinned_cap_) {
+    if (draw_pinned_ != nullptr) cudaFreeHost(draw_pinned_);
+    draw_pinned_ = nullptr;
+    draw_pinned_cap_ = 0;
+    GDN_CUDA_RETURN(cudaMallocHost(&draw_pinned_, pinned));
+    draw_pinned_cap_ = pinned;
+  }
+  std::memcpy(draw_pinned_, specs.data(), spec_bytes);
+  if (list_bytes > 0) std::memcpy(draw_pinned_ + spec_bytes, lists.data(), list_bytes);
+  if (absl::Status s = draw_dev_.Reserve(up + result_bytes); !s.ok()) return s;
+  const int64_t vocab = cfg_.vocab_size;
+  if (penalties) {
+    if (absl::Status s = draw_work_.Reserve(static_cast<size_t>(D) * vocab * sizeof(float)); !s.ok()) return s;
+  }
+  char* dev = draw_dev_.get<char>();
+  GDN_CUDA_RETURN(cudaMemcpyAsync(dev, draw_pinned_, up, cudaMemcpyHostToDevice, stream_));
+  auto* tokens = reinterpret_cast<int32_t*>(dev + up);
+  auto* logprobs = reinterpret_cast<float*>(tokens + D);
+  GDN_CUDA_RETURN(cuda::SampleRows(logits_.f(), vocab, reinterpret_cast<const cuda::DrawSpec*>(dev), D,
+                                   reinterpret_cast<const int32_t*>(dev + spec_bytes),
+                                   penalties ? draw_work_.f() : nullptr, tokens, logprobs, stream_));
+  // The upload above reads draw_pinned_: the download may reuse it only after.
+  GDN_CUDA_RETURN(cudaMemcpyAsync(draw_pinned_, tokens, result_bytes, cudaMemcpyDeviceToHost, stream_));
+  GDN_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  const auto* tok = reinterpret_cast<const int32_t*>(draw_pinned_);
+  const auto* lp = reinterpret_cast<const float*>(tok + D);
+  for (int i = 0; i < D; ++i) {
+    if (tok[i] < 0 || tok[i] >= vocab) {
+      return absl::InternalError(absl::StrFormat("Draw %d: the device drew token %d (vocab %d)", i, tok[i], vocab));
+    }
+    out[i].token = tok[i];
+    out[i].logprob = lp[i];
+    out[i].top.clear();
+  }
   return absl::OkStatus();
 }
 

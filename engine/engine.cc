@@ -428,11 +428,16 @@ bool Engine::Step() {
   std::vector<SeqPiece> batch;
   std::vector<std::pair<Group*, Sample*>> decode_samples;
   int num_prefill_tokens = 0;
+  const bool device_sampling = options_.device_sampling && backend_->SamplesOnDevice();
+  // A group's draws run on the device unless it wants top logprobs (those
+  // need the whole row on the host).
+  auto draws_on_device = [&](const Group& g) { return device_sampling && g.req.sampling.logprobs == 0; };
   for (uint64_t id : plan.decode) {
     Group* g = find_running(id);
+    const bool host = !draws_on_device(*g);
     for (Sample& s : g->samples) {
       if (s.finished()) continue;
-      batch.push_back({s.slot, {&s.last_token, 1}, false});
+      batch.push_back({s.slot, {&s.last_token, 1}, false, host});
       decode_samples.push_back({g, &s});
     }
   }
@@ -446,8 +451,11 @@ bool Engine::Step() {
         p.num_tokens = end - g->prefilled;
       }
     }
+    // Logits on the host only where the prompt ends and someone reads them there.
+    const bool ends = g->prefilled + p.num_tokens == static_cast<int64_t>(g->req.prompt.size());
+    const bool host = !device_sampling || (ends && (g->req.want_prompt_logits || !draws_on_device(*g)));
     batch.push_back({g->samples[0].slot, absl::MakeConstSpan(g->req.prompt).subspan(g->prefilled, p.num_tokens),
-                     false});
+                     false, host});
     num_prefill_tokens += p.num_tokens;
   }
   ForwardOutput out;
@@ -468,8 +476,7 @@ bool Engine::Step() {
 
   // 5. Sample, detokenize, check stops.
   const int eos = backend_->config().eos_token_id;
-  auto take_token = [&](Group& g, Sample& s, const float* logits) {
-    const SampleResult r = s.sampler.Sample({logits, static_cast<size_t>(out.vocab)});
+  auto take_token = [&](Group& g, Sample& s, const SampleResult& r) {
     if (g.times.first_token == Clock::time_point()) g.times.first_token = t_after;
     s.last_token = r.token;
     ++s.num_generated;
@@ -492,23 +499,69 @@ bool Engine::Step() {
     if (!s.finished() && s.num_generated >= stop.max_tokens) Finish(s, FinishReason::kLength);
   };
   if (status.ok() && !batch.empty()) {
+    // The draws of this step, in delivery order: decode samples, then the
+    // samples of prompts that finished.
+    struct PendingDraw {
+      Group* g;
+      Sample* s;
+      int64_t row;
+    };
+    std::vector<PendingDraw> draws;
+    draws.reserve(decode_samples.size());
     for (size_t i = 0; i < decode_samples.size(); ++i) {
-      take_token(*decode_samples[i].first, *decode_samples[i].second, out.Last(i));
+      draws.push_back({decode_samples[i].first, decode_samples[i].second, out.first_row[i + 1] - 1});
     }
     for (size_t j = 0; j < plan.prefill.size(); ++j) {
       Group* g = find_running(plan.prefill[j].id);
       g->prefilled += plan.prefill[j].num_tokens;
       MaybeSnapshotPrefix(*g);
       if (!g->prefill_done()) continue;
-      if (g->req.want_prompt_logits) {
-        const float* logits = out.Last(decode_samples.size() + j);
-        g->prompt_logits.assign(logits, logits + out.vocab);
-      }
+      const int64_t row = out.first_row[decode_samples.size() + j + 1] - 1;
+      if (g->req.want_prompt_logits) g->prompt_logits.assign(out.Row(row), out.Row(row) + out.vocab);
       // Prompt done: fork the state to the other samples, then each draws its first token.
       for (size_t k = 1; k < g->samples.size(); ++k) (void)pool.Copy(g->samples[0].slot, g->samples[k].slot);
       for (Sample& s : g->samples) {
-        if (!s.finished()) take_token(*g, s, out.Last(decode_samples.size() + j));
+        if (!s.finished()) draws.push_back({g, &s, row});
       }
+    }
+    // Host draws from host rows; device draws in one batch.
+    std::vector<SampleResult> results(draws.size());
+    std::vector<DeviceDraw> device;
+    std::vector<size_t> device_index;
+    for (size_t k = 0; k < draws.size(); ++k) {
+      Sample& s = *draws[k].s;
+      if (!draws_on_device(*draws[k].g)) {
+        results[k] = s.sampler.Sample({out.Row(draws[k].row), static_cast<size_t>(out.vocab)});
+        continue;
+      }
+      DeviceDraw d;
+      d.row = draws[k].row;
+      d.params = &s.sampler.params();
+      d.uniform = d.params->greedy() ? 0.0 : s.sampler.NextUniform();
+      if (s.sampler.has_penalties()) {
+        d.repeated = s.sampler.repeated();
+        d.counted = s.sampler.counted();
+        d.counts = s.sampler.counts();
+      }
+      device.push_back(d);
+      device_index.push_back(k);
+    }
+    if (!device.empty()) {
+      std::vector<SampleResult> drawn(device.size());
+      status = backend_->Draw(device, absl::MakeSpan(drawn));
+      if (status.ok()) {
+        for (size_t j = 0; j < device.size(); ++j) {
+          draws[device_index[j]].s->sampler.Record(drawn[j].token);
+          results[device_index[j]] = std::move(drawn[j]);
+        }
+      } else if (absl::Status h = backend_->Health(); !h.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (backend_failure_.ok()) backend_failure_ = h;
+        accepting_.store(false);
+      }
+    }
+    if (status.ok()) {
+      for (size_t k = 0; k < draws.size(); ++k) take_token(*draws[k].g, *draws[k].s, results[k]);
     }
   }
 

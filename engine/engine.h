@@ -55,6 +55,9 @@ struct EngineOptions {
   // blob with a longer history. 0: max_prompt_tokens + max_tokens_cap, the
   // context length the OpenAI API reports (max_model_len).
   int64_t session_max_tokens = 0;
+  // Draw tokens where the logits are when the backend can (a GPU: logits stay
+  // on the device unless a request wants top logprobs or prompt logits).
+  bool device_sampling = true;
 };
 
 // Aggregate counters, readable from any thread.

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kernels/cpu/sample.h"
 
 namespace gdnserve {
 
@@ -42,7 +43,9 @@ struct SampleResult {
 };
 
 // Per-sequence sampling state: its generator and the token counts penalties
-// need. Seeded sequences draw the same tokens whatever else is in the batch.
+// need. Seeded sequences draw the same tokens whatever else is in the batch,
+// and on either backend (kernels/cpu/sample.h: one uniform per draw picks the
+// token from the kept set in token-id order).
 class SequenceSampler {
  public:
   SequenceSampler(const SamplingParams& params, absl::Span<const int32_t> prompt);
@@ -50,15 +53,26 @@ class SequenceSampler {
   SampleResult Sample(absl::Span<const float> logits);
   const SamplingParams& params() const { return params_; }
 
+  // For a draw made elsewhere (a device backend): the uniform it uses (call
+  // once per draw, unless greedy), the penalty inputs, then Record(token).
+  double NextUniform();
+  bool has_penalties() const;
+  absl::Span<const int32_t> repeated() const { return seen_; }  // repetition penalty tokens
+  absl::Span<const int32_t> counted() const { return counted_; }  // distinct output tokens
+  absl::Span<const int32_t> counts() const { return counts_; }    // their counts
+  void Record(int32_t token);
+
  private:
+  void Remember(int32_t token);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::unordered_map<int32_t, int> output_counts_;
+  std::vector<int32_t> counted_, counts_;
+  std::unordered_map<int32_t, int32_t> count_index_;  // token -> index in counted_
   std::vector<int32_t> seen_;  // distinct prompt + output tokens (repetition penalty)
   std::vector<uint8_t> seen_mask_;
   std::vector<float> work_;
-  std::vector<int32_t> order_;
-  std::vector<double> probs_;
+  cpu::DrawScratch scratch_;
 };
 
 // log softmax of row at index; used for logprobs and perplexity.

@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N (an N
 ABSL_FLAG(std::string, dtype, "auto",
           "weights' type for the matrices: auto (cpu: f32, cuda: bf16), f32 or bf16 (cuda only)");
 ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs (one per batch size)");
+ABSL_FLAG(bool, device_sampling, true,
+          "cuda: draw tokens on the GPU (logits reach the host only for top logprobs or prompt logits); "
+          "false: every row to the host and the host sampler");
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: pick a free one; the log says which)");
 ABSL_FLAG(int, http_port, 8000, "HTTP port: OpenAI API, /metrics, /healthz, /readyz (0: no HTTP)");
@@ -234,6 +237,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
   opts.prefix_cache_interval = absl::GetFlag(FLAGS_prefix_cache_interval);
   opts.session_bytes = std::max<int64_t>(0, absl::GetFlag(FLAGS_session_bytes));
   opts.session_ttl_ms = int64_t{1000} * absl::GetFlag(FLAGS_session_ttl_s);
+  opts.device_sampling = absl::GetFlag(FLAGS_device_sampling);
   const int64_t state_bytes = m.backend->state_pool().layout().bytes_per_slot();
   // Metrics exist before the engine: it reports every step to step_metrics.
   m.metrics = std::make_unique<srv::ServingMetrics>(registry, ModelName(dir), srv::BuildInfo{.version = GDNSERVE_VERSION, .device = m.backend->name()});

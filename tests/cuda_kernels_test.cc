@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <vector>
 
 #include "kernels/cpu/gdn2.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/sample.h"
 #include "kernels/cuda/ops.h"
 #include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
@@ -115,8 +117,11 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
                                           << " extreme=" << extreme << " neg=" << neg);
         const int P = static_cast<int>(lengths.size());
         const int num_slots = P + 3;
-        std::vector<int> slots(P);
-        for (int i = 0; i < P; ++i) slots[i] = (i * 7 + 2) % num_slots;  // scattered, distinct
+        // Scattered, distinct slots (a shared slot would race on the GPU).
+        std::vector<int> slots(num_slots);
+        std::iota(slots.begin(), slots.end(), 0);
+        std::shuffle(slots.begin(), slots.end(), rng);
+        slots.resize(P);
         Batch b(lengths, slots);
         const int64_t T = b.T, key_dim = sh.H * sh.K, value_dim = sh.HV * sh.V;
         const int64_t qk_stride = 2 * key_dim + 3;  // padded rows, like the packed qkv buffer
@@ -336,6 +341,121 @@ TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
     EXPECT_EQ(0, std::memcmp(&e[i * d], &table[ids[i] * d], d * 4));
   }
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+
+// The sampling kernel vs its CPU twin (kernels/cpu/sample.h) with the same
+// uniforms: rows of several vocabulary sizes, some with many tied logits,
+// every cut (greedy, temperature only, top_k, top_p, min_p, their mixes) and
+// penalties. Float32 (GPU) and float64 (CPU) sums may put a uniform on the
+// other side of a cumulative boundary: a different token is accepted only
+// when the CPU draws it too at u +- 1e-5.
+TEST_F(CudaKernelTest, SampleRowsMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    float temperature;
+    int top_k;
+    float top_p, min_p, repetition, presence, frequency;
+  };
+  const std::vector<Case> cases = {
+      {0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f},   {1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f},
+      {0.7f, 1, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f},   {0.7f, 5, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f},
+      {1.3f, 50, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f},  {1.0f, 0, 0.9f, 0.0f, 1.0f, 0.0f, 0.0f},
+      {0.5f, 0, 0.1f, 0.0f, 1.0f, 0.0f, 0.0f},   {1.0f, 0, 1.0f, 0.05f, 1.0f, 0.0f, 0.0f},
+      {0.8f, 40, 0.95f, 0.02f, 1.0f, 0.0f, 0.0f}, {2.0f, 300, 0.5f, 0.0f, 1.0f, 0.0f, 0.0f},
+      {0.9f, 0, 1.0f, 0.0f, 1.3f, 0.5f, 0.25f},  {0.0f, 0, 1.0f, 0.0f, 1.2f, 0.4f, 0.6f},
+      {0.6f, 20, 0.8f, 0.01f, 0.8f, -0.5f, 1.0f}, {100.0f, 0, 0.99f, 0.0f, 1.0f, 0.0f, 0.0f},
+      {0.01f, 0, 0.9f, 0.0f, 1.0f, 0.0f, 0.0f}};
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  int draws = 0, boundary = 0;
+  for (const int64_t vocab : {17, 1000, 4097, 32000}) {
+    for (const bool ties : {false, true}) {
+      const int R = 3;  // rows; every case draws from every row
+      std::vector<float> logits = Normal(R * vocab, 3.0f);
+      if (ties) {
+        for (auto& x : logits) x = std::round(x * 2.0f) / 2.0f;  // a few hundred values for all tokens
+      }
+      std::vector<cuda::DrawSpec> specs;
+      std::vector<int32_t> lists;
+      std::vector<int> case_of;
+      std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab - 1));
+      for (size_t c = 0; c < cases.size(); ++c) {
+        for (int r = 0; r < R; ++r) {
+          const Case& k = cases[c];
+          cuda::DrawSpec d;
+          d.row = r;
+          d.top_k = k.top_k;
+          d.temperature = k.temperature;
+          d.top_p = k.top_p;
+          d.min_p = k.min_p;
+          d.repetition = k.repetition;
+          d.presence = k.presence;
+          d.frequency = k.frequency;
+          d.uniform = uni(rng_);
+          if (k.repetition != 1.0f) {  // distinct repeated tokens
+            std::vector<int32_t> rep;
+            for (int i = 0; i < 12; ++i) rep.push_back(tok(rng_));
+            std::sort(rep.begin(), rep.end());
+            rep.erase(std::unique(rep.begin(), rep.end()), rep.end());
+            d.repeated_begin = static_cast<int32_t>(lists.size());
+            d.num_repeated = static_cast<int32_t>(rep.size());
+            lists.insert(lists.end(), rep.begin(), rep.end());
+          }
+          if (k.presence != 0.0f || k.frequency != 0.0f) {
+            std::vector<int32_t> ids;
+            for (int i = 0; i < 8; ++i) ids.push_back(tok(rng_));
+            std::sort(ids.begin(), ids.end());
+            ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+            d.counted_begin = static_cast<int32_t>(lists.size());
+            d.num_counted = static_cast<int32_t>(ids.size());
+            lists.insert(lists.end(), ids.begin(), ids.end());
+            for (size_t i = 0; i < ids.size(); ++i) lists.push_back(1 + static_cast<int32_t>(i % 3));
+          }
+          specs.push_back(d);
+          case_of.push_back(static_cast<int>(c));
+        }
+      }
+      const int D = static_cast<int>(specs.size());
+      if (lists.empty()) lists.push_back(0);
+      Dev<float> d_logits(logits), d_work(static_cast<size_t>(D) * vocab), d_lp(D);
+      Dev<int32_t> d_lists(lists), d_tok(D);
+      cuda::DrawSpec* d_specs = nullptr;
+      ASSERT_EQ(cudaMalloc(&d_specs, D * sizeof(cuda::DrawSpec)), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(d_specs, specs.data(), D * sizeof(cuda::DrawSpec), cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(cuda::SampleRows(d_logits.get(), vocab, d_specs, D, d_lists.get(), d_work.get(), d_tok.get(),
+                                 d_lp.get(), nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      cudaFree(d_specs);
+      const std::vector<int32_t> got = d_tok.host();
+      const std::vector<float> got_lp = d_lp.host();
+      cpu::DrawScratch scratch;
+      for (int i = 0; i < D; ++i) {
+        const cuda::DrawSpec& d = specs[i];
+        SCOPED_TRACE(::testing::Message() << "vocab " << vocab << " ties " << ties << " case " << case_of[i]
+                                          << " row " << d.row << " u " << d.uniform);
+        const float* raw = &logits[d.row * vocab];
+        std::vector<float> x(raw, raw + vocab);
+        cpu::ApplyPenalties(x.data(), vocab, d.repetition, lists.data() + d.repeated_begin, d.num_repeated,
+                            d.presence, d.frequency, lists.data() + d.counted_begin,
+                            lists.data() + d.counted_begin + d.num_counted, d.num_counted);
+        const cpu::DrawParams p{d.temperature, d.top_k, d.top_p, d.min_p};
+        const int32_t want = cpu::DrawToken(x.data(), vocab, p, d.uniform, &scratch);
+        ++draws;
+        ASSERT_GE(got[i], 0);
+        ASSERT_LT(got[i], vocab);
+        if (got[i] != want) {
+          const int32_t lo = cpu::DrawToken(x.data(), vocab, p, std::max(0.0, d.uniform - 1e-5), &scratch);
+          const int32_t hi = cpu::DrawToken(x.data(), vocab, p, std::min(1.0 - 1e-12, d.uniform + 1e-5), &scratch);
+          EXPECT_TRUE(got[i] == lo || got[i] == hi) << "gpu " << got[i] << " cpu " << want;
+          ++boundary;
+        }
+        EXPECT_NEAR(got_lp[i], cpu::LogSoftmaxAt(raw, vocab, got[i]), 1e-4);
+      }
+    }
+  }
+  std::printf("sampling: %d draws, %d on a cumulative boundary\n", draws, boundary);
+  EXPECT_LE(boundary * 100, draws);  // boundaries are rare, not the rule
 }
 
 }  // namespace

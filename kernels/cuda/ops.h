@@ -113,4 +113,28 @@ cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride
 // Fills n floats with zeros (state slots).
 cudaError_t Zero(float* x, int64_t n, cudaStream_t stream);
 
+// One token draw from a row of logits (kernels/cpu/sample.h's rule and its
+// float32 twin): penalties, temperature (0: greedy), top_k, top_p, min_p,
+// then inverse CDF over the kept tokens in id order with `uniform` in [0, 1).
+// Penalty inputs live in SampleRows' `lists`: repeated tokens at
+// [repeated_begin, +num_repeated); counted tokens at [counted_begin,
+// +num_counted) followed by their counts.
+struct DrawSpec {
+  int32_t row = 0;
+  int32_t top_k = 0;
+  float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f;
+  float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+  double uniform = 0.0;
+  int32_t repeated_begin = 0, num_repeated = 0;
+  int32_t counted_begin = 0, num_counted = 0;
+};
+
+// out_token[i], out_logprob[i] (of the token under the raw logits) for
+// specs[i] over logits [rows, vocab]. work: [num_draws, vocab] floats for the
+// penalized copies (may be null when no draw has penalties). One block per
+// draw; specs, lists and outputs are device memory.
+cudaError_t SampleRows(const float* logits, int64_t vocab, const DrawSpec* specs, int num_draws,
+                       const int32_t* lists, float* work, int32_t* out_token, float* out_logprob,
+                       cudaStream_t stream);
+
 }  // namespace gdnserve::cuda
