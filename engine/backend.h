@@ -28,6 +28,12 @@ struct SeqPiece {
   // device: ForwardOutput's rows for them are then undefined, and Draw reads
   // them. Host backends ignore it.
   bool host_logits = true;
+  // A prompt (prefill) piece even when it is one token long. Rows of prompt
+  // pieces (and of every piece longer than one token) go through GEMMs whose
+  // algorithm is fixed whatever the row count, so a prompt's logits do not
+  // depend on how it was split or what ran beside it (the prefix cache's
+  // bit-exactness on a GPU).
+  bool prompt = false;
 };
 
 // Logits rows, piece by piece: piece i owns rows [first_row[i], first_row[i+1]).

@@ -59,7 +59,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
   return CreateCudaBackend(std::move(weights), {.num_slots = spec.num_slots,
                                                 .device = *ordinal,
                                                 .bf16 = spec.dtype != "f32",
-                                                .cuda_graphs = spec.cuda_graphs});
+                                                .cuda_graphs = spec.cuda_graphs,
+                                                .batch_invariant = spec.batch_invariant});
 }
 
 }  // namespace gdnserve

@@ -17,6 +17,7 @@ struct BackendSpec {
   int num_slots = 16;
   int num_threads = 0;         // cpu: 0 = OpenMP/OpenBLAS default
   bool cuda_graphs = true;
+  bool batch_invariant = false;  // cuda: decode rows through fixed GEMM algorithms too
 };
 
 // The spelling of spec.device and spec.dtype and their pairing (bf16 needs

@@ -1,12 +1,15 @@
 #include "engine/cuda_backend.h"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -46,6 +49,44 @@ uint16_t ToBf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+// The descriptors of one cuBLASLt matmul c[m, n] = a[m, k] . w[n, k]^T
+// (column-major view: C^T [n, m] = W^T' [n, k] . A^T [k, m]).
+class LtMatmul {
+ public:
+  LtMatmul(cudaDataType_t t, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldc) {
+    ok_ = cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    ok_ = ok_ && cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) == CUBLAS_STATUS_SUCCESS;
+    ok_ = ok_ && cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)) == CUBLAS_STATUS_SUCCESS;
+    ok_ = ok_ && cublasLtMatrixLayoutCreate(&a_, t, k, n, k) == CUBLAS_STATUS_SUCCESS;
+    ok_ = ok_ && cublasLtMatrixLayoutCreate(&b_, t, k, m, lda) == CUBLAS_STATUS_SUCCESS;
+    ok_ = ok_ && cublasLtMatrixLayoutCreate(&c_, CUDA_R_32F, n, m, ldc) == CUBLAS_STATUS_SUCCESS;
+  }
+  LtMatmul(const LtMatmul&) = delete;
+  LtMatmul& operator=(const LtMatmul&) = delete;
+  ~LtMatmul() {
+    if (c_ != nullptr) cublasLtMatrixLayoutDestroy(c_);
+    if (b_ != nullptr) cublasLtMatrixLayoutDestroy(b_);
+    if (a_ != nullptr) cublasLtMatrixLayoutDestroy(a_);
+    if (op_ != nullptr) cublasLtMatmulDescDestroy(op_);
+  }
+  bool ok() const { return ok_; }
+  cublasLtMatmulDesc_t op_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, c_ = nullptr;
+
+ private:
+  bool ok_ = false;
+};
+
+// The alignment every row of a matrix with `ld` elements of `elem` bytes
+// keeps (its base from cudaMalloc is 256-byte aligned).
+uint32_t RowAlignment(int64_t ld, int64_t elem) {
+  const int64_t bytes = ld * elem;
+  uint32_t a = 256;
+  while (a > 1 && bytes % a != 0) a >>= 1;
+  return a;
 }
 
 // A grow-only device allocation.
@@ -101,6 +142,7 @@ class CudaBackend final : public Backend {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     DropGraphs();
     if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (lt_ != nullptr) cublasLtDestroy(lt_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
     if (host_ints_ != nullptr) cudaFreeHost(host_ints_);
     if (host_logits_ != nullptr) cudaFreeHost(host_logits_);
@@ -121,8 +163,14 @@ class CudaBackend final : public Backend {
 
  private:
   absl::Status Upload(DeviceBuffer& buf, const std::vector<float>& host, DType type);
+  // c = a . w^T (+ c) over this forward's rows: token rows, or logits rows.
   absl::Status Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n, float* c,
-                    int64_t ldc, bool accumulate);
+                    int64_t ldc, bool accumulate, bool logits_rows = false);
+  // One run of rows: cuBLAS's own choice, or the fixed algorithm of its class.
+  absl::Status GemmRows(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n, float* c,
+                        int64_t ldc, bool accumulate);
+  absl::Status FixedGemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
+                         float* c, int64_t ldc, bool accumulate, bool prompt_class);
   absl::Status Reserve(int64_t T, int64_t R, int num_pieces);
   absl::Status Layer(int layer, int64_t T, const cuda::DevicePieces& pieces);
   // Everything from the embedding to the logits, enqueued on stream_.
@@ -148,6 +196,19 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  // Fixed GEMM algorithms by (n, k, lda, ldc, class): chosen once, used for
+  // every row count (a row's result then never depends on its batch).
+  std::map<std::array<int64_t, 5>, cublasLtMatmulAlgo_t> pinned_;
+  std::set<std::array<int64_t, 6>> checked_;  // (key, m) the algorithm accepts
+  // This forward's pieces as runs of GEMM rows by class: prompt rows (fixed
+  // algorithms) and decode rows (cuBLAS's choice per size, unless
+  // batch_invariant). Token rows [t0, t1), logits rows [r0, r1).
+  struct RowRun {
+    bool fixed, prompt;
+    int64_t t0, t1, r0, r1;
+  };
+  std::vector<RowRun> runs_;
   DeviceBuffer embed_, lm_head_, final_norm_, states_;
   std::vector<DeviceLayer> layers_;
 
@@ -214,6 +275,7 @@ absl::Status CudaBackend::Init() {
   GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
   GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
+  GDN_CUBLAS_RETURN(cublasLtCreate(&lt_));
   use_chunk_ = options_.chunked_prefill && cuda::Gdn2ChunkSupported(cfg_.head_dim);
   if (absl::Status s = cublas_workspace_.Reserve(32 << 20); !s.ok()) return s;
   GDN_CUBLAS_RETURN(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
@@ -299,10 +361,79 @@ absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
   return absl::OkStatus();
 }
 
-// c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c).
+// c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c),
+// run by run: rows of prompt pieces (and all rows when batch_invariant)
+// through a fixed algorithm, decode rows through cuBLAS's choice.
 absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
-                               float* c, int64_t ldc, bool accumulate) {
+                               float* c, int64_t ldc, bool accumulate, bool logits_rows) {
   if (m == 0) return absl::OkStatus();
+  const int64_t elem = wtype_ == DType::kBF16 ? 2 : 4;
+  for (const RowRun& run : runs_) {
+    const int64_t r0 = logits_rows ? run.r0 : run.t0, r1 = logits_rows ? run.r1 : run.t1;
+    if (r1 <= r0) continue;
+    const void* ar = static_cast<const char*>(a) + r0 * lda * elem;
+    float* cr = c + r0 * ldc;
+    const absl::Status s = run.fixed ? FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt)
+                                     : GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FixedGemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w,
+                                    int64_t n, float* c, int64_t ldc, bool accumulate, bool prompt_class) {
+  const cudaDataType_t t = wtype_ == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const int64_t elem = wtype_ == DType::kBF16 ? 2 : 4;
+  const std::array<int64_t, 5> key = {n, k, lda, ldc, prompt_class ? 1 : 0};
+  auto it = pinned_.find(key);
+  if (it == pinned_.end()) {
+    // The algorithm cuBLASLt prefers at a representative row count (a
+    // prefill chunk for prompt rows, a mid-size decode batch otherwise), for
+    // any row start this buffer layout can have.
+    const int64_t rep_m = prompt_class ? 1024 : 64;
+    LtMatmul d(t, rep_m, n, k, lda, ldc);
+    if (!d.ok()) return absl::InternalError("cuBLASLt: cannot describe a matmul");
+    cublasLtMatmulPreference_t pref = nullptr;
+    GDN_CUBLAS_RETURN(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = cublas_workspace_.bytes();
+    const uint32_t al_a = RowAlignment(k, elem), al_b = RowAlignment(lda, elem), al_c = RowAlignment(ldc, 4);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+    cublasLtMatmulHeuristicResult_t results[8] = {};
+    int count = 0;
+    const cublasStatus_t hs =
+        cublasLtMatmulAlgoGetHeuristic(lt_, d.op_, d.a_, d.b_, d.c_, d.c_, pref, 8, results, &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    GDN_CUBLAS_RETURN(hs);
+    if (count == 0) {
+      return absl::InternalError(absl::StrFormat("cuBLASLt has no algorithm for a %d x %d x %d GEMM", rep_m, n, k));
+    }
+    it = pinned_.emplace(key, results[0].algo).first;
+  }
+  LtMatmul d(t, m, n, k, lda, ldc);
+  if (!d.ok()) return absl::InternalError("cuBLASLt: cannot describe a matmul");
+  const std::array<int64_t, 6> checked = {n, k, lda, ldc, key[4], m};
+  if (checked_.count(checked) == 0) {
+    cublasLtMatmulHeuristicResult_t r = {};
+    const cublasStatus_t cs = cublasLtMatmulAlgoCheck(lt_, d.op_, d.a_, d.b_, d.c_, d.c_, &it->second, &r);
+    if (cs != CUBLAS_STATUS_SUCCESS || r.workspaceSize > cublas_workspace_.bytes()) {
+      return absl::InternalError(absl::StrFormat(
+          "cuBLASLt: the fixed algorithm of the %d x %d GEMM does not take %d rows (%s)", n, k, m,
+          cublasGetStatusString(cs)));
+    }
+    checked_.insert(checked);
+  }
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  GDN_CUBLAS_RETURN(cublasLtMatmul(lt_, d.op_, &alpha, w.get(), d.a_, a, d.b_, &beta, c, d.c_, c, d.c_, &it->second,
+                                   cublas_workspace_.get(), cublas_workspace_.bytes(), stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::GemmRows(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w,
+                                   int64_t n, float* c, int64_t ldc, bool accumulate) {
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType_t t = wtype_ == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
   // Column-major view: C^T [n, m] = W [n, k] (stored k-major: op T) . A^T [k, m].
@@ -414,6 +545,19 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
     t += n;
   }
   start[P] = static_cast<int32_t>(T);
+  // GEMM row runs: consecutive pieces of one class.
+  runs_.clear();
+  for (int i = 0; i < P; ++i) {
+    const bool prompt = batch[i].prompt || batch[i].tokens.size() > 1;
+    const int64_t t0 = start[i], t1 = i + 1 < P ? start[i + 1] : T;
+    const int64_t r0 = out->first_row[i], r1 = out->first_row[i + 1];
+    if (!runs_.empty() && runs_.back().prompt == prompt) {
+      runs_.back().t1 = t1;
+      runs_.back().r1 = r1;
+    } else {
+      runs_.push_back({prompt || options_.batch_invariant, prompt, t0, t1, r0, r1});
+    }
+  }
   // Pieces for the chunkwise kernel (prefill) and for the token-by-token one.
   int32_t* chunk_list = slot + P;
   int32_t* rec_list = chunk_list + P;
@@ -574,7 +718,7 @@ absl::Status CudaBackend::Compute(int64_t T, int64_t R, const int32_t* dev, cons
   GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, dev + 2 * T, R, d, final_norm_.f(), cfg_.norm_eps, h_.get(), act_type_(), d,
                                 stream_));
   return Gemm(h_.get(), d, R, d, lm_head_.bytes() ? lm_head_ : embed_, cfg_.vocab_size, logits_.f(), cfg_.vocab_size,
-              false);
+              false, /*logits_rows=*/true);
 }
 
 void CudaBackend::DropGraphs() {

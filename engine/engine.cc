@@ -455,7 +455,7 @@ bool Engine::Step() {
     const bool ends = g->prefilled + p.num_tokens == static_cast<int64_t>(g->req.prompt.size());
     const bool host = !device_sampling || (ends && (g->req.want_prompt_logits || !draws_on_device(*g)));
     batch.push_back({g->samples[0].slot, absl::MakeConstSpan(g->req.prompt).subspan(g->prefilled, p.num_tokens),
-                     false, host});
+                     false, host, /*prompt=*/true});
     num_prefill_tokens += p.num_tokens;
   }
   ForwardOutput out;

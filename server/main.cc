@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, device, "cpu", "compute device: cpu, cuda or cuda:N (an N
 ABSL_FLAG(std::string, dtype, "auto",
           "weights' type for the matrices: auto (cpu: f32, cuda: bf16), f32 or bf16 (cuda only)");
 ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs (one per batch size)");
+ABSL_FLAG(bool, batch_invariant, false,
+          "cuda: decode rows through fixed GEMM algorithms too (prompt rows always are), so every sequence's "
+          "tokens are independent of what else is in the batch; slower decode at some batch sizes");
 ABSL_FLAG(bool, device_sampling, true,
           "cuda: draw tokens on the GPU (logits reach the host only for top logprobs or prompt logits); "
           "false: every row to the host and the host sampler");
@@ -143,7 +146,8 @@ gdnserve::BackendSpec SpecFromFlags() {
           .dtype = absl::GetFlag(FLAGS_dtype),
           .num_slots = absl::GetFlag(FLAGS_max_seqs),
           .num_threads = absl::GetFlag(FLAGS_threads),
-          .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs)};
+          .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs),
+          .batch_invariant = absl::GetFlag(FLAGS_batch_invariant)};
 }
 
 absl::Status CheckFlags() {
