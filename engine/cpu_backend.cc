@@ -36,6 +36,12 @@ class CpuBackend final : public Backend {
  private:
   void Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T);
   void Mlp(int layer, int64_t T);
+  // cpu::Linear over this forward's token rows (or logits rows), one call per
+  // run of pieces of one class: prompt rows (pieces marked prompt or longer
+  // than one token) row-invariant, decode rows free to take the small-batch
+  // kernel.
+  void Linear(bool logits_rows, const float* x, int64_t x_stride, int64_t n_in, const float* W, int64_t n_out,
+              const float* bias, float* y, int64_t y_stride, bool accumulate = false);
 
   std::shared_ptr<const ModelWeights> weights_;
   const ModelConfig& cfg_;
@@ -44,6 +50,13 @@ class CpuBackend final : public Backend {
 
   // Workspace, grown to the largest batch seen ([T, ...] row-major).
   std::vector<int64_t> piece_start_;  // first token row of each piece
+  struct RowRun {
+    bool prompt;
+    int64_t t0, t1, r0, r1;  // token rows, logits rows
+  };
+  std::vector<RowRun> runs_;
+  static constexpr int64_t kMinPromptRows = 64;
+  std::vector<float> pad_x_, pad_y_;
   std::vector<float> x_, h_, proj_out_, qkv_, f_, z_, b_, w_, o_, mlp_;
 };
 
@@ -53,6 +66,19 @@ absl::Status CpuBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput
   piece_start_.assign(batch.size() + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) piece_start_[i + 1] = piece_start_[i] + batch[i].tokens.size();
   const int64_t T = piece_start_.back();
+  runs_.clear();
+  int64_t r = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const bool prompt = batch[i].prompt || batch[i].tokens.size() > 1;
+    const int64_t nl = batch[i].all_logits ? static_cast<int64_t>(batch[i].tokens.size()) : 1;
+    if (!runs_.empty() && runs_.back().prompt == prompt) {
+      runs_.back().t1 = piece_start_[i + 1];
+      runs_.back().r1 = r + nl;
+    } else {
+      runs_.push_back({prompt, piece_start_[i], piece_start_[i + 1], r, r + nl});
+    }
+    r += nl;
+  }
 
   x_.resize(T * d);
   h_.resize(T * d);
@@ -83,9 +109,34 @@ absl::Status CpuBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput
     cpu::RmsNorm(&x_[rows[r] * d], weights_->final_norm.data(), 1, d, cfg_.norm_eps, &h_[r * d]);
   }
   out->logits.resize(R * cfg_.vocab_size);
-  cpu::Linear(h_.data(), d, R, d, weights_->lm_head_data(), cfg_.vocab_size, nullptr, out->logits.data(),
-              cfg_.vocab_size);
+  Linear(true, h_.data(), d, d, weights_->lm_head_data(), cfg_.vocab_size, nullptr, out->logits.data(),
+         cfg_.vocab_size);
   return absl::OkStatus();
+}
+
+void CpuBackend::Linear(bool logits_rows, const float* x, int64_t x_stride, int64_t n_in, const float* W,
+                        int64_t n_out, const float* bias, float* y, int64_t y_stride, bool accumulate) {
+  for (const RowRun& run : runs_) {
+    const int64_t r0 = logits_rows ? run.r0 : run.t0, r1 = logits_rows ? run.r1 : run.t1, m = r1 - r0;
+    if (m <= 0) continue;
+    if (!run.prompt || m >= kMinPromptRows) {
+      cpu::Linear(x + r0 * x_stride, x_stride, m, n_in, W, n_out, bias, y + r0 * y_stride, y_stride, accumulate,
+                  /*row_invariant=*/run.prompt);
+      continue;
+    }
+    // A short prompt run: padded to kMinPromptRows rows, so sgemm takes the
+    // path it takes for a cold run's longer pieces (OpenBLAS treats very
+    // small products differently).
+    pad_x_.assign(kMinPromptRows * n_in, 0.0f);
+    pad_y_.assign(kMinPromptRows * n_out, 0.0f);
+    for (int64_t i = 0; i < m; ++i) {
+      std::memcpy(&pad_x_[i * n_in], x + (r0 + i) * x_stride, n_in * sizeof(float));
+      if (accumulate) std::memcpy(&pad_y_[i * n_out], y + (r0 + i) * y_stride, n_out * sizeof(float));
+    }
+    cpu::Linear(pad_x_.data(), n_in, kMinPromptRows, n_in, W, n_out, bias, pad_y_.data(), n_out, accumulate,
+                /*row_invariant=*/true);
+    for (int64_t i = 0; i < m; ++i) std::memcpy(y + (r0 + i) * y_stride, &pad_y_[i * n_out], n_out * sizeof(float));
+  }
 }
 
 void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
@@ -98,7 +149,7 @@ void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
 
   cpu::RmsNorm(x_.data(), lw.attn_norm.data(), T, d, cfg_.norm_eps, h_.data());
   proj_out_.resize(T * P);
-  cpu::Linear(h_.data(), d, T, d, lw.in_proj.data(), P, nullptr, proj_out_.data(), P);
+  Linear(false, h_.data(), d, d, lw.in_proj.data(), P, nullptr, proj_out_.data(), P);
 
   // Short conv + SiLU on q, k, v, per piece with the slot's conv state.
   qkv_.resize(T * conv_ch);
@@ -110,8 +161,8 @@ void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
   // Low-rank decay and output gate.
   f_.resize(T * key_dim);
   z_.resize(T * value_dim);
-  cpu::Linear(&proj_out_[proj_.f0], P, T, V, lw.f_up.data(), key_dim, nullptr, f_.data(), key_dim);
-  cpu::Linear(&proj_out_[proj_.g0], P, T, V, lw.g_up.data(), value_dim, lw.g_bias.data(), z_.data(), value_dim);
+  Linear(false, &proj_out_[proj_.f0], P, V, lw.f_up.data(), key_dim, nullptr, f_.data(), key_dim);
+  Linear(false, &proj_out_[proj_.g0], P, V, lw.g_up.data(), value_dim, lw.g_bias.data(), z_.data(), value_dim);
   b_.resize(T * key_dim);
   w_.resize(T * value_dim);
   for (int64_t t = 0; t < T; ++t) {
@@ -146,14 +197,14 @@ void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
                            conv_ch, conv_ch, key_dim, key_dim, conv_ch, value_dim};
     float* state = pool_.Recurrent(batch[i].slot, layer) + hv * V * K;
     float* o = &o_[t0 * value_dim + hv * V];
-    if (n == 1) {
+    if (n == 1 && !batch[i].prompt) {  // prompt tokens: the chunk form, as in a cold run
       cpu::Gdn2RecurrentHead(in, n, K, V, state, o, value_dim);
     } else {
       cpu::Gdn2ChunkedHead(in, n, K, V, state, o, value_dim);
     }
   }
   cpu::GatedRmsNorm(o_.data(), z_.data(), lw.o_norm.data(), T, HV, V, cfg_.norm_eps);
-  cpu::Linear(o_.data(), value_dim, T, value_dim, lw.o_proj.data(), d, nullptr, x_.data(), d,
+  Linear(false, o_.data(), value_dim, value_dim, lw.o_proj.data(), d, nullptr, x_.data(), d,
               /*accumulate=*/true);
 }
 
@@ -164,9 +215,9 @@ void CpuBackend::Mlp(int layer, int64_t T) {
   mlp_.resize(T * 3 * I);
   float* gu = mlp_.data();
   float* act = gu + T * 2 * I;
-  cpu::Linear(h_.data(), d, T, d, lw.gate_up.data(), 2 * I, nullptr, gu, 2 * I);
+  Linear(false, h_.data(), d, d, lw.gate_up.data(), 2 * I, nullptr, gu, 2 * I);
   cpu::SiluMul(gu, T, I, act);
-  cpu::Linear(act, I, T, I, lw.down.data(), d, nullptr, x_.data(), d, /*accumulate=*/true);
+  Linear(false, act, I, I, lw.down.data(), d, nullptr, x_.data(), d, /*accumulate=*/true);
 }
 
 }  // namespace

@@ -564,7 +564,7 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
   split_ = {};
   for (int i = 0; i < P; ++i) {
     const int n = static_cast<int>(batch[i].tokens.size());
-    if (use_chunk_ && n >= kChunkMinTokens) {
+    if (use_chunk_ && (n >= kChunkMinTokens || batch[i].prompt)) {
       chunk_list[split_.num_chunk++] = i;
     } else {
       rec_list[split_.num_rec++] = i;

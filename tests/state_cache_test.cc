@@ -127,6 +127,29 @@ TEST_F(StateReuseTest, PrefixCacheHitIsBitIdenticalToAColdRun) {
   }
 }
 
+// Hits that leave a tail of 1 or 5 prompt tokens (the chunk form and the
+// row-invariant GEMMs even for so few rows, as in the cold run's longer
+// pieces) next to a cold run with 64- and 512-token chunks.
+TEST_F(StateReuseTest, PrefixCacheHitWithAShortTailIsBitIdentical) {
+  const auto system = Random(320);
+  for (int tail : {1, 5}) {
+    SCOPED_TRACE(tail);
+    const auto prompt = Cat(system, Random(tail));
+    Start(Options(64 << 20, 64));
+    ASSERT_TRUE(Run(Greedy(Cat(system, Random(3)), 4))->error.ok());
+    auto hit = Run(Greedy(prompt, 6));
+    ASSERT_TRUE(hit->error.ok());
+    EXPECT_EQ(hit->cached, 320);
+    for (int cold_chunk : {64, 512}) {
+      Start(Options(0, cold_chunk));
+      auto cold = Run(Greedy(prompt, 6));
+      ASSERT_FALSE(cold->logits.empty());
+      EXPECT_TRUE(cold->logits == hit->logits) << "logits differ on a hit (cold chunk " << cold_chunk << ")";
+      EXPECT_EQ(cold->tokens, hit->tokens);
+    }
+  }
+}
+
 TEST_F(StateReuseTest, PrefixCacheEvictsLeastRecentlyUsedWithinItsBudget) {
   auto snap = [](std::vector<int32_t> tokens) {
     auto s = std::make_shared<StateSnapshot>();

@@ -73,7 +73,7 @@ void SmallBatchLinear(const float* x, int64_t x_stride, int64_t T, int64_t n_in,
 }  // namespace
 
 void Linear(const float* x, int64_t x_stride, int64_t T, int64_t n_in, const float* W,
-            int64_t n_out, const float* bias, float* y, int64_t y_stride, bool accumulate) {
+            int64_t n_out, const float* bias, float* y, int64_t y_stride, bool accumulate, bool row_invariant) {
   if (T == 0) return;
   float beta = accumulate ? 1.0f : 0.0f;
   if (bias != nullptr) {
@@ -83,7 +83,7 @@ void Linear(const float* x, int64_t x_stride, int64_t T, int64_t n_in, const flo
     }
     beta = 1.0f;
   }
-  if (T <= kSmallBatch) {
+  if (T <= kSmallBatch && !row_invariant) {
     SmallBatchLinear(x, x_stride, T, n_in, W, n_out, y, y_stride, beta != 0.0f);
     return;
   }
