@@ -83,11 +83,13 @@ fi
 # Build (CUDA + server); the first errors if it fails.
 if [[ $DEVICE == cuda* ]]; then raw_bench=bench_cuda_engine; else raw_bench=bench_cpu_engine; fi
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGDNSERVE_SERVER=ON -DGDNSERVE_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DGDNSERVE_TESTS=OFF -DGDNSERVE_BENCH=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DGDNSERVE_TESTS=ON -DGDNSERVE_BENCH=ON \
   -DGDNSERVE_PYTHON="$(command -v python3)" > "$out/configure.log" 2>&1 \
   || { tail -40 "$out/configure.log"; say "configure failed"; [[ -n $gen_pid ]] && kill "$gen_pid"; exit 1; }
 say "configured; building gdnserve gdnserve-bench $raw_bench (log: build.log)"
-if ! timeout "$(cap 420)" cmake --build "$build" -j "$(nproc)" --target gdnserve gdnserve-bench "$raw_bench" \
+tests=()
+[[ $DEVICE == cuda* && -d $root/tests/out/models ]] && tests=(cuda_engine_test cuda_backend_test)
+if ! timeout "$(cap 420)" cmake --build "$build" -j "$(nproc)" --target gdnserve gdnserve-bench "$raw_bench" "${tests[@]}" \
     > "$out/build.log" 2>&1; then
   grep -E -m 40 "error|Error|FAILED|undefined reference" "$out/build.log" || tail -20 "$out/build.log"
   say "build failed (or timed out)"
@@ -95,6 +97,16 @@ if ! timeout "$(cap 420)" cmake --build "$build" -j "$(nproc)" --target gdnserve
   exit 1
 fi
 say "built"
+
+# The engine on the GPU (device vs host draws, prefix-cache exactness), when
+# the test models were carried (tests/out/models).
+for t in "${tests[@]}"; do
+  GDNSERVE_TEST_MODELS=$root/tests/out/models timeout "$(cap 120)" "$build/tests/$t" > "$out/$t.log" 2>&1
+  r=$?
+  say "$t: exit $r; $(grep -E '^\[  (PASSED|FAILED) ' "$out/$t.log" | tr '\n' ' ')"
+  grep -E "Failure|differ|FAILED" "$out/$t.log" | head -20
+  [[ $r == 0 ]] || rc_tests=1
+done
 
 if [[ -n $gen_pid ]]; then
   say "waiting for the model"
@@ -140,7 +152,7 @@ sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 
   fi
   sleep 0.5
 done
-rc=0
+rc=${rc_tests:-0}
 runs=$CONCURRENCY
 if [[ $ready == 1 ]]; then
   say "server ready"
