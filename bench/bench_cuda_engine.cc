@@ -6,7 +6,7 @@
 //   - prefill tokens/s at several prompt lengths, one sequence and several;
 //   - GPU memory per sequence after a short and a long context.
 //
-//   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,16,64,256]
+//   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]
 //                     [--prefill 2048,8192] [--prefill-seqs 1,8] [--chunk 8192] [--steps 30] [--json FILE]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -122,7 +122,7 @@ size_t DeviceUsed() {
 }
 
 const char* kUsage =
-    "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,16,64,256]\n"
+    "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]\n"
     "                         [--prefill 2048,8192,32768,65536] [--prefill-seqs 1,8] [--chunk 8192]\n"
     "                         [--steps 30] [--json FILE]\n"
     "Times the CUDA backend against this GPU's measured copy bandwidth and bf16 GEMM rate.\n";
@@ -132,7 +132,7 @@ const char* kUsage =
 int main(int argc, char** argv) {
   std::string model, shape = "gdn2_1.3b", json_path;
   bool f32 = false;
-  std::vector<int> batches = {1, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
+  std::vector<int> batches = {1, 4, 8, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
   int chunk = 8192, steps = 30;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -216,20 +216,29 @@ int main(int argc, char** argv) {
     std::exit(1);
   };
 
-  // Decode, without and then with CUDA graphs (the last backend stays for prefill).
+  // Decode steps as the server runs them: the forward (logits stay on the
+  // device) and the tokens drawn on the device (temperature 1). Without CUDA
+  // graphs, with them, and with them but cuBLAS for small batches too (the
+  // GEMV's baseline, same run).
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
-  for (const bool graphs : {false, true}) {
+  struct DecodeConfig {
+    bool graphs, gemv;
+  };
+  gdnserve::SamplingParams sampling;  // temperature 1, no cuts
+  for (const DecodeConfig dc : {DecodeConfig{false, true}, DecodeConfig{true, false}, DecodeConfig{true, true}}) {
+    const bool graphs = dc.graphs;
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs});
+    auto created = gdnserve::CreateCudaBackend(
+        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs, .small_batch_gemv = dc.gemv});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     state_bytes = be.state_pool().layout().bytes_per_slot();
-    std::printf("\nmodel %s (%s, CUDA graphs %s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
-                "%.2f GB on the GPU\n",
-                model.c_str(), be.name().c_str(), graphs ? "on" : "off", params / 1e9, state_bytes / 1e6, max_batch,
-                (DeviceUsed() - used0) / 1e9);
+    std::printf("\nmodel %s (%s, CUDA graphs %s, small batches through %s): %.2fB parameters, %.1f MB state per "
+                "sequence, %d slots; %.2f GB on the GPU\n",
+                model.c_str(), be.name().c_str(), graphs ? "on" : "off", dc.gemv && !f32 ? "the GEMV" : "cuBLAS",
+                params / 1e9, state_bytes / 1e6, max_batch, (DeviceUsed() - used0) / 1e9);
     report["backend"] = be.name();
     report["state_bytes_per_sequence"] = state_bytes;
     std::printf("%6s %12s %12s %8s %14s\n", "batch", "step ms", "floor ms", "x floor", "tokens/s");
@@ -245,24 +254,32 @@ int main(int argc, char** argv) {
       }
       if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
       std::vector<int32_t> next(B);
+      std::vector<gdnserve::DeviceDraw> draws(B);
+      std::vector<gdnserve::SampleResult> drawn(B);
       for (int i = 0; i < B; ++i) {
         next[i] = tok(rng);
-        batch[i] = {slots[i], absl::MakeConstSpan(&next[i], 1), false};
+        batch[i] = {slots[i], absl::MakeConstSpan(&next[i], 1), false, /*host_logits=*/false};
+        draws[i].row = i;
+        draws[i].params = &sampling;
+        draws[i].uniform = (i + 0.5) / B;
       }
-      for (int w = 0; w < 3; ++w) {
+      auto step = [&]() {
         if (absl::Status s = be.Forward(batch, &out); !s.ok()) fail(s);
-      }
+        if (absl::Status s = be.Draw(draws, absl::MakeSpan(drawn)); !s.ok()) fail(s);
+      };
+      for (int w = 0; w < 3; ++w) step();
       std::vector<double> times;
       for (int s = 0; s < steps; ++s) {
         const auto t = Clock::now();
-        if (absl::Status st = be.Forward(batch, &out); !st.ok()) fail(st);
+        step();
         times.push_back(Since(t));
       }
       std::sort(times.begin(), times.end());
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"step_seconds", med},
+      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dc.gemv && !f32},
+                                  {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);
     }

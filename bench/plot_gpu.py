@@ -26,12 +26,16 @@ def plot_decode(engine: dict, kernel: dict, path: str) -> None:
     fig, (ax, kx) = plt.subplots(1, 2, figsize=(12, 4.5))
 
     rows = engine["decode"]
-    for graphs, style, label in [(False, "s-", "CUDA graphs off"), (True, "o-", "CUDA graphs on")]:
-        rs = sorted((r for r in rows if r["cuda_graphs"] == graphs), key=lambda r: r["batch"])
+    # Older reports have no "gemv" key (cuBLAS for every batch).
+    for graphs, gemv, style, label in [(False, True, "s-", "CUDA graphs off"),
+                                       (True, False, "^-", "CUDA graphs on, cuBLAS for small batches"),
+                                       (True, True, "o-", "CUDA graphs on, GEMV for batches <= 8")]:
+        rs = sorted((r for r in rows if r["cuda_graphs"] == graphs and r.get("gemv", False) == gemv),
+                    key=lambda r: r["batch"])
         if not rs:
             continue
         ax.plot([r["batch"] for r in rs], [r["step_seconds"] * 1e3 for r in rs], style, label=label)
-        if graphs:
+        if graphs and gemv:
             for r in rs:
                 ax.annotate(f"{r['step_seconds'] / r['floor_seconds']:.2f}x", (r["batch"], r["step_seconds"] * 1e3),
                             textcoords="offset points", xytext=(4, -14), fontsize=8)

@@ -26,6 +26,9 @@ struct CudaBackendOptions {
   // every row's logits independent of the batch it ran in, at some cost in
   // decode speed at batch sizes the fixed algorithm does not suit.
   bool batch_invariant = false;
+  // Decode runs of at most 8 rows through kernels/cuda's GEMV (bf16 weights)
+  // instead of cuBLAS.
+  bool small_batch_gemv = true;
 };
 
 // FailedPrecondition when there is no usable GPU, Unimplemented when built

@@ -458,5 +458,62 @@ TEST_F(CudaKernelTest, SampleRowsMatchesCpu) {
   EXPECT_LE(boundary * 100, draws);  // boundaries are rare, not the rule
 }
 
+
+// The decode GEMV vs a float64 dot product of the same bf16 values: every row
+// count it takes (1-8), k not a multiple of the warp's 256-element step, row
+// strides wider than the rows, tiny and 1.3B-sized matrices, accumulate on
+// and off.
+TEST_F(CudaKernelTest, GemvMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto bf16 = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+  };
+  auto to_float = [](uint16_t h) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  struct Case {
+    int64_t n, k;
+  };
+  auto Bf16Normal = [&](size_t n) {
+    const std::vector<float> f = Normal(n);
+    std::vector<uint16_t> h(n);
+    for (size_t i = 0; i < n; ++i) h[i] = bf16(f[i]);
+    return h;
+  };
+  for (const Case c : {Case{37, 8}, Case{300, 128}, Case{1000, 264}, Case{5, 2048}, Case{2304, 6208}}) {
+    const std::vector<uint16_t> w = Bf16Normal(c.n * c.k);
+    Dev<uint16_t> d_w(w);
+    for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
+      for (const bool acc : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "n " << c.n << " k " << c.k << " m " << m << " accumulate " << acc);
+        const int64_t ldx = c.k + 8, ldy = c.n + 3;
+        const std::vector<uint16_t> x = Bf16Normal(m * ldx);
+        std::vector<float> y = Normal(m * ldy);
+        std::vector<float> want = y;
+        for (int i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < c.n; ++j) {
+            double dot = 0;
+            for (int64_t t = 0; t < c.k; ++t) dot += double(to_float(x[i * ldx + t])) * to_float(w[j * c.k + t]);
+            want[i * ldy + j] = static_cast<float>(acc ? want[i * ldy + j] + dot : dot);
+          }
+        }
+        Dev<uint16_t> d_x(x);
+        Dev<float> d_y(y);
+        ASSERT_TRUE(cuda::GemvBf16Supported(m, c.k, ldx, d_x.get(), d_w.get()));
+        ASSERT_EQ(cuda::GemvBf16(d_x.get(), ldx, m, c.k, d_w.get(), c.n, d_y.get(), ldy, acc, nullptr), cudaSuccess);
+        EXPECT_LE(RelErr(d_y.host(), want), 1e-5);  // padding columns of y stay as they were
+      }
+    }
+  }
+  EXPECT_FALSE(cuda::GemvBf16Supported(9, 64, 64, nullptr, nullptr));
+  EXPECT_FALSE(cuda::GemvBf16Supported(1, 60, 64, nullptr, nullptr));
+}
+
 }  // namespace
 }  // namespace gdnserve
