@@ -103,7 +103,7 @@ using Gdn2Kernel = cudaError_t (*)(const cuda::Gdn2RecurrentArgs&, cudaStream_t)
 // aligned: slots at 16-byte boundaries (the backend's layout for K % 4 == 0,
 // which takes the kernels' vector state path); else offset by odd amounts.
 void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const std::vector<int>& lengths,
-                     bool use_list, std::mt19937_64& rng, bool aligned = false) {
+                     bool use_list, std::mt19937_64& rng, bool aligned = false, int rows_per_warp = 0) {
   auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
     std::normal_distribution<float> d(mean, scale);
     std::vector<float> v(n);
@@ -166,6 +166,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         a.out = d_out.get();
         a.out_stride = value_dim;
         a.max_len = *std::max_element(lengths.begin(), lengths.end());
+        a.rows_per_warp = rows_per_warp;
         // With a list: every other piece, in reverse order.
         std::vector<int32_t> list;
         for (int p = P - 1; p >= 0; p -= 2) list.push_back(p);
@@ -238,6 +239,11 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
   const std::vector<Shape> vec_shapes = {{4, 4, 128, 128}, {2, 2, 64, 64}, {1, 2, 256, 40}};
   CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 1, 1, 1, 1, 1}, false, rng_, true);
   CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 17, 64, 130}, false, rng_, true);
+  // Decode launches with 2 and 4 state rows a warp.
+  for (const int rows : {2, 4}) {
+    CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 1, 1, 1, 1, 1}, false, rng_, true, rows);
+    CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 48, 40}, {2, 4, 64, 32}}, {1, 1, 1}, false, rng_, false, rows);
+  }
 }
 
 // The chunkwise kernel vs the same CPU recurrence: every length edge case

@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,64,256")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--rows", default="0,2,4,8",
+                    help="decode variants (state rows a warp; 0: the engine's choice), each timed")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -80,7 +82,7 @@ def main() -> int:
     fn = lib.gdn2_cuda_recurrent
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     fn.argtypes = [P, P, I64, P, I64, P, I64, P, I64, P, I64, P, P, I32, F32, I32, I32, I32, I32, P, I64, P, P, I32,
-                   I64, P, I64, P]
+                   I64, P, I64, P, I32]
     fn.restype = ctypes.c_int
     from fla.ops.gdn2.fused_recurrent import fused_recurrent_gdn2_fwd
 
@@ -114,11 +116,12 @@ def main() -> int:
         pool_ours, pool_fla = pool.clone(), pool.clone()
         scale = K ** -0.5
 
-        def ours(p=pool_ours):
+        def ours(p=pool_ours, rows_per_warp=0):
             rc = fn(q.data_ptr(), k.data_ptr(), H * K, v.data_ptr(), HV * V, g.data_ptr(), HV * K,
                     b_raw.data_ptr(), HV * K, w_raw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(), 0,
                     scale, H, HV, K, V, p.data_ptr(), HV * V * K, start.data_ptr(), slots.data_ptr(), B, B,
-                    out_ours.data_ptr(), HV * V, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
+                    out_ours.data_ptr(), HV * V, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
+                    rows_per_warp)
             if rc != 0:
                 raise RuntimeError(f"gdn2_cuda_recurrent: CUDA error {rc}")
 
@@ -133,17 +136,30 @@ def main() -> int:
         torch.cuda.synchronize()
         out_err = rel_err(out_ours, out_fla)
         state_err = rel_err(pool_ours, pool_fla)
-        t_ours = graph_time(ours)
         t_fla = graph_time(fla)
+        # Each decode variant: same result (checked), its own time.
+        variants = {}
+        for rpw in [int(x) for x in args.rows.split(",")]:
+            pv = pool.clone()
+            ours(pv, rpw)
+            fla_ref = pool.clone()
+            fla(fla_ref)
+            torch.cuda.synchronize()
+            err = rel_err(pv, fla_ref)
+            if err > 1e-4:
+                print(f"MISMATCH rows_per_warp {rpw} at batch {B}: states {err:.2e}", file=sys.stderr)
+            variants[rpw] = graph_time(lambda rpw=rpw, pv=pv: ours(pv, rpw))
+        t_ours = variants.get(0, min(variants.values()))
         state_bytes = B * HV * V * K * 4 * 2
         io_bytes = B * 4 * (2 * H * K + 2 * HV * K + 3 * HV * V)
         moved = state_bytes + io_bytes
         r = dict(batch=B, ours_s=t_ours, fla_s=t_fla, bytes=moved, copy_bytes_per_s=bw, out_rel_err=out_err,
-                 state_rel_err=state_err)
+                 state_rel_err=state_err, variants_s={str(k_): v_ for k_, v_ in variants.items()})
         rows.append(r)
         print(f"{B:>6} {t_ours * 1e6:>9.1f} {moved / t_ours / 1e9:>10.0f} {100 * moved / t_ours / bw:>6.0f}%"
               f" {t_fla * 1e6:>9.1f} {moved / t_fla / 1e9:>10.0f} {100 * moved / t_fla / bw:>6.0f}%"
-              f" {t_fla / t_ours:>8.2f}x {out_err:>9.1e} {state_err:>9.1e}")
+              f" {t_fla / t_ours:>8.2f}x {out_err:>9.1e} {state_err:>9.1e}   variants (rows a warp: us) "
+              + " ".join(f"{k_}:{v_ * 1e6:.1f}" for k_, v_ in variants.items()))
         if out_err > 1e-4 or state_err > 1e-4:
             print(f"MISMATCH at batch {B}: outputs {out_err:.2e}, states {state_err:.2e}", file=sys.stderr)
     if args.json:

@@ -7,7 +7,7 @@
 # Needs, carried with the tree: .deps (scripts/fetch_device_deps.sh), .whl
 # (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
 # --suite tests --out tests/out/models: the machine has no spm_train).
-#   bash bench/gpu/run_device.sh [tests|bench|all]   (default all)
+#   bash bench/gpu/run_device.sh [tests|bench|kernel|all]   (default all; kernel: the decode kernel vs fla only)
 set -uo pipefail
 what=${1:-all}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,7 +36,9 @@ if [[ $what == tests || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   timeout 420 build/engine-only/bench/bench_cuda_engine --json "$out/engine_bench.json" 2>&1 | tee "$out/engine_bench.log"
+fi
+if [[ $what == bench || $what == all || $what == kernel ]]; then
   timeout 120 python3 bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
-    --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
+    --batches 1,4,16,64,256 --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
 fi
 exit $rc

@@ -1,7 +1,8 @@
 // A C ABI over the GDN-2 recurrence kernel, so Python (ctypes + PyTorch
 // tensors) can run it side by side with other implementations on identical
 // device buffers (bench/gpu/decode_kernel_bench.py). Pointers are device
-// pointers; returns a cudaError_t as int.
+// pointers; returns a cudaError_t as int. rows_per_warp: the decode launch's
+// variant (Gdn2RecurrentArgs::rows_per_warp; 0: the engine's choice).
 #include <cstdint>
 
 #include "kernels/cuda/ops.h"
@@ -12,7 +13,7 @@ extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_st
                                    const float* dt_bias, int allow_neg_eigval, float scale, int H, int HV, int K,
                                    int V, float* state, int64_t slot_stride, const int32_t* piece_start,
                                    const int32_t* piece_slot, int num_pieces, int64_t num_tokens, float* out,
-                                   int64_t out_stride, void* stream) {
+                                   int64_t out_stride, void* stream, int rows_per_warp) {
   gdnserve::cuda::Gdn2RecurrentArgs a;
   a.q = q;
   a.k = k;
@@ -41,5 +42,6 @@ extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_st
   a.max_len = num_tokens == num_pieces ? 1 : 0;  // a decode batch takes the decode launch
   a.out = out;
   a.out_stride = out_stride;
+  a.rows_per_warp = rows_per_warp;
   return static_cast<int>(gdnserve::cuda::Gdn2Recurrent(a, static_cast<cudaStream_t>(stream)));
 }

@@ -77,8 +77,8 @@ __device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t,
 // KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per
 // warp; VEC: K == 32 * KPL and 16-byte aligned rows (vector state access).
 // The next token's inputs are loaded while the current one is computed.
-template <int KPL, int kRows, bool VEC>
-__global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
+template <int KPL, int kRows, bool VEC, int kMinBlocks>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
   const int piece = a.piece_list ? a.piece_list[blockIdx.z] : static_cast<int>(blockIdx.z);
   const int hv = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) Gdn2RecurrentKernel(Gdn2Recurr
   }
 }
 
-template <int KPL, int kRows>
+template <int KPL, int kRows, int kMinBlocks = 4>
 cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV,
                   a.piece_list ? a.num_listed : a.pieces.num_pieces);
@@ -212,9 +212,9 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
                    a.state.recurrent_offset % align == 0 &&
                    reinterpret_cast<uintptr_t>(a.state.base) % (align * sizeof(float)) == 0;
   if (vec) {
-    Gdn2RecurrentKernel<KPL, kRows, true><<<grid, kWarps * 32, 0, stream>>>(a);
+    Gdn2RecurrentKernel<KPL, kRows, true, kMinBlocks><<<grid, kWarps * 32, 0, stream>>>(a);
   } else {
-    Gdn2RecurrentKernel<KPL, kRows, false><<<grid, kWarps * 32, 0, stream>>>(a);
+    Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks><<<grid, kWarps * 32, 0, stream>>>(a);
   }
   return cudaGetLastError();
 }
@@ -222,10 +222,18 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 // Decode batches (one token per piece) take 8 rows a warp (K <= 128): more
 // state bytes in flight per SM. Longer pieces take 4 (2 for K > 128), leaving
 // registers for the prefetch within the 128 that 4 blocks an SM allow.
+// Decode with fewer rows a warp runs more blocks an SM: 2 rows 6 (80
+// registers), 4 rows 5 (102), 8 rows 4 (128).
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
-    if (a.max_len == 1) return LaunchRows<KPL, 8>(a, stream);
+    if (a.max_len == 1) {
+      switch (a.rows_per_warp) {
+        case 2: return LaunchRows<KPL, 2, 6>(a, stream);
+        case 4: return LaunchRows<KPL, 4, 5>(a, stream);
+        default: return LaunchRows<KPL, 8>(a, stream);
+      }
+    }
     return LaunchRows<KPL, 4>(a, stream);
   } else {
     if (a.max_len == 1) return LaunchRows<KPL, 4>(a, stream);
