@@ -239,8 +239,8 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
   const std::vector<Shape> vec_shapes = {{4, 4, 128, 128}, {2, 2, 64, 64}, {1, 2, 256, 40}};
   CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 1, 1, 1, 1, 1}, false, rng_, true);
   CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 17, 64, 130}, false, rng_, true);
-  // Decode launches with 2 and 4 state rows a warp.
-  for (const int rows : {2, 4}) {
+  // The decode launch variants (2, 4 or 8 state rows a warp).
+  for (const int rows : {2, 4, 8}) {
     CheckGdn2Kernel(cuda::Gdn2Recurrent, vec_shapes, {1, 1, 1, 1, 1, 1}, false, rng_, true, rows);
     CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 48, 40}, {2, 4, 64, 32}}, {1, 1, 1}, false, rng_, false, rows);
   }

@@ -77,7 +77,8 @@ __device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t,
 // KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per
 // warp; VEC: K == 32 * KPL and 16-byte aligned rows (vector state access).
 // The next token's inputs are loaded while the current one is computed.
-template <int KPL, int kRows, bool VEC, int kMinBlocks>
+// kDecode: every piece is one token (a decode batch): no second input buffer.
+template <int KPL, int kRows, bool VEC, int kMinBlocks, bool kDecode>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
   const int piece = a.piece_list ? a.piece_list[blockIdx.z] : static_cast<int>(blockIdx.z);
   const int hv = blockIdx.y;
@@ -86,7 +87,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
   if (v0 >= a.V) return;  // no block-level synchronisation below
   const int K = a.K, V = a.V;
   const int hk = hv / (a.HV / a.H);
-  const int64_t t0 = a.pieces.start[piece], t1 = a.pieces.start[piece + 1];
+  const int64_t t0 = a.pieces.start[piece];
+  const int64_t t1 = kDecode ? t0 + 1 : a.pieces.start[piece + 1];
   float* S = a.state.base + a.pieces.slot[piece] * a.state.slot_stride + a.state.recurrent_offset +
              static_cast<int64_t>(hv) * V * K;
 
@@ -133,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
     TokenInputs<KPL, kRows> cur;
     if constexpr (kPrefetch) {
       cur = next;
-      if (t + 1 < t1) LoadToken<KPL, kRows, VEC>(a, t + 1, hk, hv, v0, lane, ch_ok, row_ok, next);
+      if (!kDecode && t + 1 < t1) LoadToken<KPL, kRows, VEC>(a, t + 1, hk, hv, v0, lane, ch_ok, row_ok, next);
     } else {
       LoadToken<KPL, kRows, VEC>(a, t, hk, hv, v0, lane, ch_ok, row_ok, cur);
     }
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
   }
 }
 
-template <int KPL, int kRows, int kMinBlocks = 4>
+template <int KPL, int kRows, int kMinBlocks = 4, bool kDecode = false>
 cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   const dim3 grid((a.V + kWarps * kRows - 1) / (kWarps * kRows), a.HV,
                   a.piece_list ? a.num_listed : a.pieces.num_pieces);
@@ -212,9 +214,9 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
                    a.state.recurrent_offset % align == 0 &&
                    reinterpret_cast<uintptr_t>(a.state.base) % (align * sizeof(float)) == 0;
   if (vec) {
-    Gdn2RecurrentKernel<KPL, kRows, true, kMinBlocks><<<grid, kWarps * 32, 0, stream>>>(a);
+    Gdn2RecurrentKernel<KPL, kRows, true, kMinBlocks, kDecode><<<grid, kWarps * 32, 0, stream>>>(a);
   } else {
-    Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks><<<grid, kWarps * 32, 0, stream>>>(a);
+    Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks, kDecode><<<grid, kWarps * 32, 0, stream>>>(a);
   }
   return cudaGetLastError();
 }
@@ -222,21 +224,23 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 // Decode batches (one token per piece) take 8 rows a warp (K <= 128): more
 // state bytes in flight per SM. Longer pieces take 4 (2 for K > 128), leaving
 // registers for the prefetch within the 128 that 4 blocks an SM allow.
-// Decode with fewer rows a warp runs more blocks an SM: 2 rows 6 (80
-// registers), 4 rows 5 (102), 8 rows 4 (128).
+// Decode launches (one token a piece), without the second input buffer:
+// rows_per_warp 2 or 4 (8 blocks an SM, <= 64 registers), 8 (5 blocks, 96
+// registers), or 0: 8 rows and 4 blocks (128 registers), the default.
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
     if (a.max_len == 1) {
       switch (a.rows_per_warp) {
-        case 2: return LaunchRows<KPL, 2, 6>(a, stream);
-        case 4: return LaunchRows<KPL, 4, 5>(a, stream);
-        default: return LaunchRows<KPL, 8>(a, stream);
+        case 2: return LaunchRows<KPL, 2, 8, true>(a, stream);
+        case 4: return LaunchRows<KPL, 4, 8, true>(a, stream);
+        case 8: return LaunchRows<KPL, 8, 5, true>(a, stream);
+        default: return LaunchRows<KPL, 8, 4, true>(a, stream);
       }
     }
     return LaunchRows<KPL, 4>(a, stream);
   } else {
-    if (a.max_len == 1) return LaunchRows<KPL, 4>(a, stream);
+    if (a.max_len == 1) return LaunchRows<KPL, 4, 4, true>(a, stream);
     return LaunchRows<KPL, 2>(a, stream);
   }
 }
