@@ -225,17 +225,20 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 // state bytes in flight per SM. Longer pieces take 4 (2 for K > 128), leaving
 // registers for the prefetch within the 128 that 4 blocks an SM allow.
 // Decode launches (one token a piece), without the second input buffer:
-// rows_per_warp 2 or 4 (8 blocks an SM, <= 64 registers), 8 (5 blocks, 96
-// registers), or 0: 8 rows and 4 blocks (128 registers), the default.
+// rows_per_warp 2 or 4 (8 blocks an SM, <= 64 registers) or 8 (5 blocks, 96
+// registers). 0 picks by batch, as measured on an H200 against fla's kernel
+// (bench/RESULTS.md): 4 rows up to 4 sequences (shorter per-warp chains, the
+// latency of a small batch), 8 rows above (more state bytes in flight).
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
     if (a.max_len == 1) {
-      switch (a.rows_per_warp) {
+      const int pieces = a.piece_list ? a.num_listed : a.pieces.num_pieces;
+      const int rows = a.rows_per_warp != 0 ? a.rows_per_warp : (pieces <= 4 ? 4 : 8);
+      switch (rows) {
         case 2: return LaunchRows<KPL, 2, 8, true>(a, stream);
         case 4: return LaunchRows<KPL, 4, 8, true>(a, stream);
-        case 8: return LaunchRows<KPL, 8, 5, true>(a, stream);
-        default: return LaunchRows<KPL, 8, 4, true>(a, stream);
+        default: return LaunchRows<KPL, 8, 5, true>(a, stream);
       }
     }
     return LaunchRows<KPL, 4>(a, stream);

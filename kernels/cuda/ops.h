@@ -84,7 +84,7 @@ struct Gdn2RecurrentArgs {
   const int32_t* piece_list = nullptr;
   int num_listed = 0;
   int max_len = 0;  // longest piece run, when known (1: a decode batch); 0 = unknown
-  // Decode launches (max_len 1): state rows per warp, 2, 4 or 8 (K <= 128);
+  // Decode launches (max_len 1, K <= 128): state rows per warp, 2, 4 or 8;
   // 0 picks by batch size (measured, bench/RESULTS.md).
   int rows_per_warp = 0;
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
