@@ -5,9 +5,7 @@
 // on the GPU), whatever prefill chunk the cold run used.
 #include <gtest/gtest.h>
 
-#include <condition_variable>
 #include <cstdlib>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -15,41 +13,14 @@
 #include "engine/cuda_backend.h"
 #include "engine/engine.h"
 #include "engine/weights.h"
+#include "tests/collect_sink.h"
 #include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
 namespace {
 
-class Sink : public RequestSink {
- public:
-  void OnOutput(RequestOutput o) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (SampleDelta& d : o.samples) {
-      tokens[d.index].insert(tokens[d.index].end(), d.token_ids.begin(), d.token_ids.end());
-    }
-    if (!o.prompt_logits.empty()) logits = std::move(o.prompt_logits);
-    if (o.finished) {
-      finished = true;
-      error = o.error;
-      cached = o.cached_prompt_tokens;
-      cv_.notify_all();
-    }
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(120), [this] { return finished; }));
-  }
-  std::map<int, std::vector<int32_t>> tokens;
-  std::vector<float> logits;
-  bool finished = false;
-  absl::Status error;
-  int cached = 0;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
+using Sink = testing::CollectSink;
 
 class CudaEngineTest : public ::testing::TestWithParam<bool> {  // bf16?
  protected:
@@ -130,8 +101,11 @@ TEST_P(CudaEngineTest, DeviceDrawsEqualHostDraws) {
   for (size_t i = 0; i < reqs.size(); ++i) {
     ASSERT_TRUE(a[i]->error.ok()) << a[i]->error;
     ASSERT_TRUE(b[i]->error.ok()) << b[i]->error;
-    EXPECT_EQ(a[i]->tokens, b[i]->tokens) << "request " << i;
-    EXPECT_EQ(a[i]->tokens[0].size(), 24u);
+    ASSERT_EQ(a[i]->samples.size(), b[i]->samples.size()) << "request " << i;
+    for (const auto& [index, sample] : a[i]->samples) {
+      EXPECT_EQ(sample.tokens, b[i]->samples[index].tokens) << "request " << i << " sample " << index;
+    }
+    EXPECT_EQ(a[i]->tokens().size(), 24u);
   }
 }
 
@@ -176,7 +150,7 @@ TEST_P(CudaEngineTest, PrefixCacheHitIsBitIdenticalToAColdRun) {
       worst = std::max(worst, static_cast<double>(std::abs(cold->logits[i] - hit->logits[i])));
     }
     EXPECT_TRUE(cold->logits == hit->logits) << "cold chunk " << cold_chunk << ": largest difference " << worst;
-    EXPECT_EQ(cold->tokens, hit->tokens) << "cold chunk " << cold_chunk;
+    EXPECT_EQ(cold->tokens(), hit->tokens()) << "cold chunk " << cold_chunk;
   }
 }
 

@@ -398,20 +398,21 @@ TEST_F(CudaKernelTest, SampleRowsMatchesCpu) {
           d.presence = k.presence;
           d.frequency = k.frequency;
           d.uniform = uni(rng_);
-          if (k.repetition != 1.0f) {  // distinct repeated tokens
-            std::vector<int32_t> rep;
-            for (int i = 0; i < 12; ++i) rep.push_back(tok(rng_));
-            std::sort(rep.begin(), rep.end());
-            rep.erase(std::unique(rep.begin(), rep.end()), rep.end());
+          auto distinct = [&](int n) {  // up to n distinct token ids
+            std::vector<int32_t> ids;
+            for (int i = 0; i < n; ++i) ids.push_back(tok(rng_));
+            std::sort(ids.begin(), ids.end());
+            ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+            return ids;
+          };
+          if (k.repetition != 1.0f) {
+            const std::vector<int32_t> rep = distinct(12);
             d.repeated_begin = static_cast<int32_t>(lists.size());
             d.num_repeated = static_cast<int32_t>(rep.size());
             lists.insert(lists.end(), rep.begin(), rep.end());
           }
           if (k.presence != 0.0f || k.frequency != 0.0f) {
-            std::vector<int32_t> ids;
-            for (int i = 0; i < 8; ++i) ids.push_back(tok(rng_));
-            std::sort(ids.begin(), ids.end());
-            ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+            const std::vector<int32_t> ids = distinct(8);
             d.counted_begin = static_cast<int32_t>(lists.size());
             d.num_counted = static_cast<int32_t>(ids.size());
             lists.insert(lists.end(), ids.begin(), ids.end());

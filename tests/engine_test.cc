@@ -6,56 +6,18 @@
 
 #include <gtest/gtest.h>
 
-#include <condition_variable>
-#include <mutex>
 #include <random>
 #include <thread>
 
 #include "engine/cpu_backend.h"
+#include "tests/collect_sink.h"
 #include "tests/engine_fixture.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
 namespace {
 
-class CollectSink : public RequestSink {
- public:
-  void OnOutput(RequestOutput o) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    ASSERT_FALSE(finished_) << "output after the final one";
-    for (SampleDelta& d : o.samples) {
-      auto& s = samples_[d.index];
-      s.tokens.insert(s.tokens.end(), d.token_ids.begin(), d.token_ids.end());
-      s.text += d.text;
-      if (d.finish != FinishReason::kNone) s.finish = d.finish;
-    }
-    ++deliveries_;
-    if (o.finished) {
-      finished_ = true;
-      error_ = o.error;
-      completion_tokens_ = o.completion_tokens;
-      cv_.notify_all();
-    }
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(60), [this] { return finished_; })) << "request never finished";
-  }
-  struct Out {
-    std::vector<int32_t> tokens;
-    std::string text;
-    FinishReason finish = FinishReason::kNone;
-  };
-  std::map<int, Out> samples_;
-  int deliveries_ = 0;
-  int completion_tokens_ = 0;
-  absl::Status error_;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool finished_ = false;
-};
+using testing::CollectSink;
 
 class EngineTest : public testing::TinyEngineFixture {
  protected:
@@ -86,7 +48,7 @@ TEST_F(EngineTest, GreedyMatchesADirectBackendLoop) {
   const auto prompt = RandomPrompt(150);
   auto out = Run(Greedy(prompt, 20));
   engine_.reset();  // the engine's thread must not share the backend with us
-  ASSERT_TRUE(out->error_.ok());
+  ASSERT_TRUE(out->error.ok());
   StatePool& pool = backend_->state_pool();
   const int slot = *pool.Acquire();
   std::vector<int32_t> want;
@@ -98,15 +60,15 @@ TEST_F(EngineTest, GreedyMatchesADirectBackendLoop) {
     want.push_back(std::max_element(l, l + fo.vocab) - l);
     p = {slot, {&want.back(), 1}, false};
   }
-  EXPECT_EQ(out->samples_[0].tokens, want);
-  EXPECT_EQ(out->samples_[0].finish, FinishReason::kLength);
+  EXPECT_EQ(out->samples[0].tokens, want);
+  EXPECT_EQ(out->samples[0].finish, FinishReason::kLength);
   // A continuation keeps its leading space (tokenizer_test checks the
   // detokenizer itself against SentencePiece's Decode).
   IncrementalDetokenizer detok(*tokenizer_, /*starts_text=*/false);
   std::string text;
   for (int32_t t : want) text += detok.Push(t);
-  EXPECT_EQ(out->samples_[0].text, text + detok.Flush());
-  EXPECT_EQ(out->completion_tokens_, 20);
+  EXPECT_EQ(out->samples[0].text, text + detok.Flush());
+  EXPECT_EQ(out->completion_tokens, 20);
 }
 
 TEST_F(EngineTest, ConcurrentRequestsEqualTheSameRunAlone) {
@@ -124,7 +86,7 @@ TEST_F(EngineTest, ConcurrentRequestsEqualTheSameRunAlone) {
     reqs.push_back(r);
   }
   std::vector<std::vector<int32_t>> alone;
-  for (const auto& r : reqs) alone.push_back(Run(r)->samples_[0].tokens);
+  for (const auto& r : reqs) alone.push_back(Run(r)->samples[0].tokens);
   std::vector<std::shared_ptr<CollectSink>> sinks;
   for (const auto& r : reqs) {
     sinks.push_back(std::make_shared<CollectSink>());
@@ -132,7 +94,7 @@ TEST_F(EngineTest, ConcurrentRequestsEqualTheSameRunAlone) {
   }
   for (int i = 0; i < N; ++i) {
     sinks[i]->Wait();
-    EXPECT_EQ(sinks[i]->samples_[0].tokens, alone[i]) << "request " << i;
+    EXPECT_EQ(sinks[i]->samples[0].tokens, alone[i]) << "request " << i;
   }
   EXPECT_EQ(SlotsUsedAfterStep(), 0);
 }
@@ -145,12 +107,12 @@ TEST_F(EngineTest, ParallelSamplesForkThePromptState) {
   r.sampling.seed = rng_();
   r.n = 3;
   auto out = Run(r);
-  ASSERT_EQ(out->samples_.size(), 3u);
+  ASSERT_EQ(out->samples.size(), 3u);
   for (int i = 0; i < 3; ++i) {
     GenerationRequest one = r;
     one.n = 1;
     one.sampling.seed = r.sampling.seed + i;
-    EXPECT_EQ(Run(one)->samples_[0].tokens, out->samples_[i].tokens) << "sample " << i;
+    EXPECT_EQ(Run(one)->samples[0].tokens, out->samples[i].tokens) << "sample " << i;
   }
 }
 
@@ -158,14 +120,14 @@ TEST_F(EngineTest, StopStringsEndTheTextAndAreNeverEmitted) {
   StartEngine();
   const auto prompt = RandomPrompt(40);
   auto full = Run(Greedy(prompt, 60));
-  const std::string text = full->samples_[0].text;
+  const std::string text = full->samples[0].text;
   ASSERT_GE(text.size(), 10u) << "model produced too little text to test stops";
   const std::string stop = text.substr(text.size() / 2, 3);
   GenerationRequest r = Greedy(prompt, 60);
   r.stop.stop_strings = {stop};
   auto cut = Run(r);
-  EXPECT_EQ(cut->samples_[0].text, text.substr(0, text.find(stop)));
-  EXPECT_EQ(cut->samples_[0].finish, FinishReason::kStop);
+  EXPECT_EQ(cut->samples[0].text, text.substr(0, text.find(stop)));
+  EXPECT_EQ(cut->samples[0].finish, FinishReason::kStop);
 }
 
 TEST_F(EngineTest, CancelReleasesTheSlot) {
@@ -176,8 +138,8 @@ TEST_F(EngineTest, CancelReleasesTheSlot) {
   while (engine_->Stats().requests_running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   engine_->Cancel(*h);
   sink->Wait();
-  EXPECT_EQ(sink->samples_[0].finish, FinishReason::kCancelled);
-  EXPECT_LT(sink->samples_[0].tokens.size(), 4000u);
+  EXPECT_EQ(sink->samples[0].finish, FinishReason::kCancelled);
+  EXPECT_LT(sink->samples[0].tokens.size(), 4000u);
   EXPECT_EQ(SlotsUsedAfterStep(), 0);
 }
 
@@ -186,7 +148,7 @@ TEST_F(EngineTest, DeadlineEndsTheRequest) {
   GenerationRequest r = Greedy(RandomPrompt(20), 4000);
   r.deadline = Clock::now() + std::chrono::milliseconds(50);
   auto out = Run(r);
-  EXPECT_EQ(out->samples_[0].finish, FinishReason::kCancelled);
+  EXPECT_EQ(out->samples[0].finish, FinishReason::kCancelled);
 }
 
 TEST_F(EngineTest, FullQueueIsResourceExhausted) {
@@ -239,7 +201,7 @@ TEST_F(EngineTest, ShutdownDrainsThenRefuses) {
   ASSERT_TRUE(engine_->Submit(Greedy(RandomPrompt(10), 5), sink).ok());
   engine_->Shutdown(10000);
   sink->Wait();
-  EXPECT_EQ(sink->samples_[0].finish, FinishReason::kLength);
+  EXPECT_EQ(sink->samples[0].finish, FinishReason::kLength);
   EXPECT_EQ(engine_->Submit(Greedy(RandomPrompt(10), 5), sink).status().code(), absl::StatusCode::kUnavailable);
 }
 
@@ -272,7 +234,7 @@ TEST_F(EngineTest, ABrokenBackendFailsItsRequestsAndStopsAdmission) {
   StartEngine();
   EXPECT_TRUE(engine_->health().ok());
   auto running = Run(Greedy(RandomPrompt(10), 50));  // breaks at its 4th step
-  EXPECT_EQ(running->error_.code(), absl::StatusCode::kInternal) << running->error_;
+  EXPECT_EQ(running->error.code(), absl::StatusCode::kInternal) << running->error;
   EXPECT_FALSE(engine_->accepting());
   EXPECT_EQ(engine_->health().code(), absl::StatusCode::kInternal);
   auto sink = std::make_shared<CollectSink>();

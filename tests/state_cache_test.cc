@@ -5,9 +5,7 @@
 // TTLs and corrupt or foreign state blobs.
 #include <gtest/gtest.h>
 
-#include <condition_variable>
 #include <cstring>
-#include <mutex>
 #include <random>
 #include <thread>
 
@@ -15,43 +13,14 @@
 #include "engine/engine.h"
 #include "engine/state_blob.h"
 #include "engine/state_cache.h"
+#include "tests/collect_sink.h"
 #include "tests/engine_fixture.h"
 #include "tests/test_util.h"
 
 namespace gdnserve {
 namespace {
 
-class Sink : public RequestSink {
- public:
-  void OnOutput(RequestOutput o) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (SampleDelta& d : o.samples) {
-      if (d.index == 0) tokens.insert(tokens.end(), d.token_ids.begin(), d.token_ids.end());
-    }
-    if (!o.prompt_logits.empty()) logits = std::move(o.prompt_logits);
-    if (o.finished) {
-      finished = true;
-      error = o.error;
-      prompt_tokens = o.prompt_tokens;
-      cached = o.cached_prompt_tokens;
-      cv_.notify_all();
-    }
-  }
-  void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    ASSERT_TRUE(cv_.wait_for(lock, std::chrono::seconds(60), [this] { return finished; }));
-  }
-  std::vector<int32_t> tokens;
-  std::vector<float> logits;
-  bool finished = false;
-  absl::Status error;
-  int prompt_tokens = 0;
-  int cached = 0;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
+using Sink = testing::CollectSink;
 
 class StateReuseTest : public testing::TinyEngineFixture {
  protected:
@@ -122,7 +91,7 @@ TEST_F(StateReuseTest, PrefixCacheHitIsBitIdenticalToAColdRun) {
       ASSERT_EQ(cold->logits.size(), hit->logits.size());
       ASSERT_FALSE(cold->logits.empty());
       EXPECT_TRUE(cold->logits == hit->logits) << "logits differ on a hit (cold chunk " << cold_chunk << ")";
-      EXPECT_EQ(cold->tokens, hit->tokens);
+      EXPECT_EQ(cold->tokens(), hit->tokens());
     }
   }
 }
@@ -145,7 +114,7 @@ TEST_F(StateReuseTest, PrefixCacheHitWithAShortTailIsBitIdentical) {
       auto cold = Run(Greedy(prompt, 6));
       ASSERT_FALSE(cold->logits.empty());
       EXPECT_TRUE(cold->logits == hit->logits) << "logits differ on a hit (cold chunk " << cold_chunk << ")";
-      EXPECT_EQ(cold->tokens, hit->tokens);
+      EXPECT_EQ(cold->tokens(), hit->tokens());
     }
   }
 }
@@ -221,14 +190,14 @@ TEST_F(StateReuseTest, TwentyTurnSessionChatEqualsFullHistory) {
     auto sess = Run(r);
     ASSERT_TRUE(sess->error.ok()) << sess->error;
     const int64_t prefilled = SettledStats().prefill_tokens - before;
-    EXPECT_EQ(sess->tokens, full->tokens);
+    EXPECT_EQ(sess->tokens(), full->tokens());
     EXPECT_EQ(sess->prompt_tokens, static_cast<int>(history.size() + user.size()));
     // The new tokens plus the previous turn's last token (drawn, never fed).
     EXPECT_EQ(prefilled, static_cast<int64_t>(user.size()) + (turn > 0 ? 1 : 0));
     EXPECT_EQ(sess->cached, turn > 0 ? static_cast<int>(history.size()) - 1 : 0);
     session_prefill += prefilled;
     session_new += user.size();
-    history = Cat(Cat(history, user), full->tokens);
+    history = Cat(Cat(history, user), full->tokens());
   }
   EXPECT_EQ(session_prefill, session_new + 19);
   EXPECT_EQ(engine_->Stats().sessions, 1);
@@ -249,12 +218,12 @@ TEST_F(StateReuseTest, UnknownSessionIsNotFoundAndFullHistoryFallsBack) {
   GenerationRequest t1 = Greedy(u1, 6);
   t1.session_id = "s";
   auto o1 = Run(t1);
-  const auto history = Cat(Cat(u1, o1->tokens), Random(7));
+  const auto history = Cat(Cat(u1, o1->tokens()), Random(7));
   GenerationRequest t2 = Greedy(history, 6);
   t2.session_id = "s";
   auto o2 = Run(t2);
-  EXPECT_EQ(o2->cached, static_cast<int>(u1.size() + o1->tokens.size() - 1));
-  EXPECT_EQ(o2->tokens, Run(Greedy(history, 6))->tokens);
+  EXPECT_EQ(o2->cached, static_cast<int>(u1.size() + o1->tokens().size() - 1));
+  EXPECT_EQ(o2->tokens(), Run(Greedy(history, 6))->tokens());
   GenerationRequest t3 = Greedy(Random(20), 3);  // a different history
   t3.session_id = "s";
   EXPECT_EQ(Run(t3)->cached, 0);
@@ -292,7 +261,7 @@ TEST_F(StateReuseTest, ExportImportMovesASessionBetweenEngines) {
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(*n, 44);  // 40 prompt + 5 drawn - the pending one
   auto moved = Run(t2);
-  EXPECT_EQ(moved->tokens, stay->tokens);
+  EXPECT_EQ(moved->tokens(), stay->tokens());
   EXPECT_TRUE(moved->logits == stay->logits);
   EXPECT_EQ(engine_->ExportSession("zzz").status().code(), absl::StatusCode::kNotFound);
 
