@@ -258,6 +258,27 @@ TEST_F(CudaKernelTest, ChunkedMatchesCpu) {
   CheckGdn2Kernel(cuda::Gdn2Chunked, {{4, 4, 128, 128}}, {1, 65, 200}, false, rng_, true);
 }
 
+// The three-phase chunkwise kernel with a workspace of its own size.
+cudaError_t ChunkedWYWithWorkspace(const cuda::Gdn2RecurrentArgs& a, cudaStream_t stream) {
+  const size_t bytes = cuda::Gdn2ChunkedWYWorkspaceBytes(a.pieces.num_tokens, a.pieces.num_pieces, a.H, a.K);
+  void* ws = nullptr;
+  if (cudaError_t e = cudaMalloc(&ws, bytes); e != cudaSuccess) return e;
+  cudaError_t e = cuda::Gdn2ChunkedWY(a, ws, bytes, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  cudaFree(ws);
+  return e;
+}
+
+// Same cases as ChunkedMatchesCpu for the three-phase kernel.
+TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::Gdn2ChunkedWYSupported(128)) GTEST_SKIP() << "not enough shared memory for the chunk kernel";
+  const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {2, 2, 48, 40}, {1, 1, 128, 72}};
+  CheckGdn2Kernel(ChunkedWYWithWorkspace, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 200, 2}, false, rng_);
+  CheckGdn2Kernel(ChunkedWYWithWorkspace, {{2, 4, 64, 32}}, {300, 1, 70, 1, 64}, true, rng_);
+  CheckGdn2Kernel(ChunkedWYWithWorkspace, {{4, 4, 128, 128}}, {1, 65, 200}, false, rng_, true);
+}
+
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
   SKIP_WITHOUT_GPU();
   for (const int W : {2, 4}) {

@@ -7,7 +7,8 @@
 # Needs, carried with the tree: .deps (scripts/fetch_device_deps.sh), .whl
 # (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
 # --suite tests --out tests/out/models: the machine has no spm_train).
-#   bash bench/gpu/run_device.sh [tests|bench|kernel|all]   (default all; kernel: the decode kernel vs fla only)
+#   bash bench/gpu/run_device.sh [tests|bench|kernel|prefill|all]   (default all; kernel / prefill: the decode /
+#   prefill kernels vs fla only)
 set -uo pipefail
 what=${1:-all}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,5 +41,9 @@ fi
 if [[ $what == bench || $what == all || $what == kernel ]]; then
   timeout 120 python3 bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --batches 1,4,16,64,256 --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
+fi
+if [[ $what == bench || $what == all || $what == prefill ]]; then
+  timeout 240 python3 bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
+    --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
 fi
 exit $rc

@@ -100,6 +100,17 @@ cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 cudaError_t Gdn2Chunked(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 bool Gdn2ChunkSupported(int K);
 
+// The same result in three phases (kernels/cuda/gdn2_chunk_wy.cu): the
+// key-side work of every chunk in parallel, then only the state's passage
+// from chunk to chunk in sequence, split over tiles of value columns, so one
+// long sequence fills the GPU. float32, K <= 128, any V; ~183 KiB of shared
+// memory per block at K = 128. `workspace` (256-byte aligned, device) holds
+// the chunk table and the per-chunk factors: Gdn2ChunkedWYWorkspaceBytes.
+cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& args, void* workspace, size_t workspace_bytes,
+                          cudaStream_t stream);
+size_t Gdn2ChunkedWYWorkspaceBytes(int64_t num_tokens, int num_pieces, int H, int K);
+bool Gdn2ChunkedWYSupported(int K);
+
 // out = o / sqrt(mean(o^2) + eps) * weight * silu(z + z_bias), per value head
 // of V. o: [T, HV*V]; z: rows of HV*V, stride z_stride; out: `out_type` [T, HV*V].
 cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias,

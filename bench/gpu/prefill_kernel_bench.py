@@ -1,0 +1,190 @@
+"""GDN-2 prefill op throughput: our kernels vs flash-linear-attention's chunk_gdn2.
+
+    prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so [--json FILE]
+
+Issue 6's shapes (H = HV = 16, K = V = 128; sequences x tokens: 1 x 65536,
+8 x 8192, 32 x 2048, 256 x 512), packed with cu_seqlens, fresh zero states in
+slots, raw gate inputs (gates, q/k L2 norms in the kernels), float32 inputs
+and outputs for every implementation (ours take float32). Timed (median of
+CUDA-event timings after a warm-up): ours token by token (Gdn2Recurrent), our
+one-pass chunkwise kernel (Gdn2Chunked), our three-phase chunkwise kernel
+(Gdn2ChunkedWY), fla-core 0.6.0 `chunk_gdn2` (Triton), and fla's pure-PyTorch
+`naive_chunk_gdn2` as the floor-of-effort baseline where it runs. Outputs and
+final states of each are compared with ours token by token. Also prints the
+op's floors on the measured copy bandwidth (bytes: float32 inputs q, k, g, b,
+v, w and output once, state in and out once per sequence).
+"""
+import argparse
+import ctypes
+import json
+import sys
+
+import torch
+
+
+def copy_bandwidth() -> float:
+    n = 1 << 28
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        best = min(best, s.elapsed_time(e) / 1e3)
+    return 2 * n / best
+
+
+def timed(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lib", required=True, help="path to libgdn_cuda_capi.so")
+    ap.add_argument("--shapes", default="1x65536,8x8192,32x2048,256x512", help="sequences x tokens, comma-separated")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    lib = ctypes.CDLL(args.lib)
+    fn = lib.gdn2_cuda_prefill
+    P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    fn.argtypes = [I32, P, P, I64, P, I64, P, I64, P, I64, P, I64, P, P, F32, I32, I32, I32, I32, P, I64, P, P, I32,
+                   I64, P, I64, P, I64, P]
+    fn.restype = ctypes.c_int
+    wsb = lib.gdn2_cuda_chunked_wy_workspace_bytes
+    wsb.argtypes = [I64, I32, I32, I32]
+    wsb.restype = ctypes.c_int64
+    try:
+        from fla.ops.gdn2 import chunk_gdn2
+    except Exception as e:  # noqa: BLE001
+        print(f"fla chunk_gdn2 unavailable: {e}", file=sys.stderr)
+        chunk_gdn2 = None
+    try:
+        from fla.ops.gdn2 import naive_chunk_gdn2
+    except Exception:  # noqa: BLE001
+        naive_chunk_gdn2 = None
+
+    torch.manual_seed(0)
+    dev = "cuda"
+    H = HV = 16
+    K = V = 128
+    bw = copy_bandwidth()
+    print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
+    print(f"H=HV={H}, K=V={K}, float32 in and out, raw gates, fresh zero states")
+    rows = []
+    for shape in args.shapes.split(","):
+        N, L = (int(x) for x in shape.split("x"))
+        T = N * L
+        q = torch.randn(T, H, K, device=dev)
+        k = torch.randn(T, H, K, device=dev)
+        v = torch.randn(T, HV, V, device=dev)
+        g = torch.randn(T, H, K, device=dev)
+        b_raw = torch.randn(T, H, K, device=dev)
+        w_raw = torch.randn(T, HV, V, device=dev)
+        a_log = torch.log(torch.linspace(1, 16, H, device=dev))
+        dt_bias = torch.randn(H * K, device=dev) * 0.5 - 2
+        cu = torch.arange(0, T + 1, L, device=dev, dtype=torch.int64)
+        start = cu.to(torch.int32)
+        slots = torch.arange(N, device=dev, dtype=torch.int32)
+        scale = K ** -0.5
+        ws_bytes = wsb(T, N, H, K)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=dev)
+        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
+        # Floors: every input and the output once (float32), state in + out once per sequence.
+        io_bytes = T * 4 * (H * K * 4 + HV * V * 3) + N * HV * V * K * 4 * 2
+        floor_s = io_bytes / bw
+
+        results = {}
+        outs = {}
+
+        def ours(kernel: int):
+            pool = torch.zeros(N, HV, V, K, device=dev)
+            out = torch.empty(T, HV, V, device=dev)
+
+            def run():
+                pool.zero_()
+                rc = fn(kernel, q.data_ptr(), k.data_ptr(), H * K, v.data_ptr(), HV * V, g.data_ptr(), H * K,
+                        b_raw.data_ptr(), H * K, w_raw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(),
+                        scale, H, HV, K, V, pool.data_ptr(), HV * V * K, start.data_ptr(), slots.data_ptr(), N, T,
+                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream)
+                if rc != 0:
+                    raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
+            return run, out, pool
+
+        for name, kernel in [("ours token-by-token", 0), ("ours chunk (one pass)", 1), ("ours chunk (3 phases)", 2)]:
+            run, out, pool = ours(kernel)
+            try:
+                results[name] = timed(run, args.reps if kernel else 1)
+                run()
+                torch.cuda.synchronize()
+                outs[name] = (out.clone(), pool.clone())
+            except RuntimeError as e:
+                print(f"{shape} {name}: {e}", file=sys.stderr)
+        bg, wg = torch.sigmoid(b_raw), torch.sigmoid(w_raw)
+        if chunk_gdn2 is not None:
+            def fla():
+                init = torch.zeros(N, HV, V, K, device=dev)
+                return chunk_gdn2(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale,
+                                  initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                  use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log,
+                                  dt_bias=dt_bias)
+            try:
+                with torch.inference_mode():
+                    results["fla chunk_gdn2"] = timed(fla, args.reps)
+                    o, st = fla()
+                torch.cuda.synchronize()
+                outs["fla chunk_gdn2"] = (o[0].float(), st.float())
+            except Exception as e:  # noqa: BLE001
+                print(f"{shape} fla chunk_gdn2: {e}", file=sys.stderr)
+        if naive_chunk_gdn2 is not None and N <= 8:  # it loops over sequences in Python
+            def naive():
+                init = torch.zeros(N, HV, V, K, device=dev)
+                return naive_chunk_gdn2(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale,
+                                        initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                        use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log,
+                                        dt_bias=dt_bias)
+            try:
+                with torch.inference_mode():
+                    results["torch naive_chunk_gdn2"] = timed(naive, 1)
+            except Exception as e:  # noqa: BLE001
+                print(f"{shape} naive_chunk_gdn2: {e}", file=sys.stderr)
+
+        ref = outs.get("ours token-by-token")
+        print(f"\n{N} x {L} tokens ({T} in all); op floor {floor_s * 1e3:.3f} ms = {T / floor_s / 1e6:.1f} M tokens/s")
+        print(f"{'implementation':>26} {'ms':>10} {'M tok/s':>9} {'x floor':>8} {'out err':>9} {'state err':>9}")
+        row = dict(sequences=N, tokens_per_sequence=L, floor_seconds=floor_s, copy_bytes_per_s=bw, results={})
+        for name, sec in results.items():
+            oe = se = float("nan")
+            if ref is not None and name in outs:
+                oe = rel_err(outs[name][0].reshape(T, HV, V), ref[0])
+                se = rel_err(outs[name][1], ref[1])
+            print(f"{name:>26} {sec * 1e3:>10.3f} {T / sec / 1e6:>9.2f} {sec / floor_s:>8.1f} {oe:>9.1e} {se:>9.1e}")
+            row["results"][name] = dict(seconds=sec, out_rel_err=oe, state_rel_err=se)
+        rows.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), H=H, K=K, rows=rows), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
