@@ -289,15 +289,21 @@ int main(int argc, char** argv) {
   // token-by-token recurrence kernel and with the chunkwise one.
   const double layer_flops_per_token =
       2.0 * (params - embed_params - (cfg.tie_word_embeddings ? 0 : embed_params));
-  for (const bool chunked : {false, true}) {
+  enum class Kernel { kRecurrent, kChunked, kChunkedWY };
+  for (const Kernel kernel : {Kernel::kRecurrent, Kernel::kChunked, Kernel::kChunkedWY}) {
+    const bool chunked = kernel != Kernel::kRecurrent;
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(
-        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = true, .chunked_prefill = chunked});
+    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch,
+                                                         .bf16 = !f32,
+                                                         .cuda_graphs = true,
+                                                         .chunked_prefill = chunked,
+                                                         .chunked_wy = kernel == Kernel::kChunkedWY});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n",
-                chunked ? "chunkwise" : "token-by-token", flops / layer_flops_per_token);
+                kernel == Kernel::kChunkedWY ? "three-phase chunkwise" : chunked ? "chunkwise" : "token-by-token",
+                flops / layer_flops_per_token);
     std::printf("%6s %8s %10s %14s %10s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "x floor", "GPU GB");
     {
       // Warm-up at the largest forward size: workspace, pinned buffers and
@@ -331,7 +337,8 @@ int main(int argc, char** argv) {
         const double tps = static_cast<double>(S) * n / sec;
         const double floor_s = layer_flops_per_token * S * n / flops;
         std::printf("%6d %8d %10.3f %14.0f %10.2f %10.2f\n", S, n, sec, tps, sec / floor_s, DeviceUsed() / 1e9);
-        report["prefill"].push_back({{"kernel", chunked ? "chunked" : "recurrent"}, {"sequences", S}, {"tokens", n},
+        const char* name = kernel == Kernel::kChunkedWY ? "chunked_wy" : chunked ? "chunked" : "recurrent";
+        report["prefill"].push_back({{"kernel", name}, {"sequences", S}, {"tokens", n},
                                      {"seconds", sec}, {"gemm_floor_seconds", floor_s},
                                      {"device_bytes_used", DeviceUsed()}});
         for (int s : slots) (void)be.state_pool().Release(s);

@@ -80,7 +80,8 @@ def plot_decode(engine: dict, kernel: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
-KERNEL_LABELS = {"recurrent": "token-by-token", "chunked": "chunkwise (f32 SIMT)"}
+KERNEL_LABELS = {"recurrent": "token-by-token", "chunked": "chunkwise (f32 SIMT)",
+                 "chunked_wy": "chunkwise, three phases (f32 SIMT)"}
 
 
 def plot_prefill(engine: dict, path: str) -> None:

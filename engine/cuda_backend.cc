@@ -226,6 +226,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
   DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
+  DeviceBuffer chunk_ws_;          // the three-phase chunk kernel's table and factors
   // Decode graphs by batch size; captured against the workspace of
   // generation workspace_gen_ (a reallocation makes them stale).
   std::map<int, cudaGraphExec_t> graphs_;
@@ -276,7 +277,8 @@ absl::Status CudaBackend::Init() {
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
   GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
   GDN_CUBLAS_RETURN(cublasLtCreate(&lt_));
-  use_chunk_ = options_.chunked_prefill && cuda::Gdn2ChunkSupported(cfg_.head_dim);
+  use_chunk_ = options_.chunked_prefill && (options_.chunked_wy ? cuda::Gdn2ChunkedWYSupported(cfg_.head_dim)
+                                                                 : cuda::Gdn2ChunkSupported(cfg_.head_dim));
   if (absl::Status s = cublas_workspace_.Reserve(32 << 20); !s.ok()) return s;
   GDN_CUBLAS_RETURN(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
   // float32 weights stay float32 all the way (no TF32).
@@ -575,6 +577,10 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
       split_.rec_max_len = std::max(split_.rec_max_len, n);
     }
   }
+  if (options_.chunked_wy && split_.num_chunk > 0) {
+    const size_t bytes = cuda::Gdn2ChunkedWYWorkspaceBytes(T, P, cfg_.num_heads, cfg_.head_dim);
+    if (absl::Status s = chunk_ws_.Reserve(bytes); !s.ok()) return s;
+  }
   const size_t nints = static_cast<size_t>(2 * T + R + 4 * P + 1);
   GDN_CUDA_RETURN(cudaMemcpyAsync(ints_.get(), host_ints_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   const int32_t* dev = ints_.get<int32_t>();
@@ -819,7 +825,11 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       c.piece_list = split_.chunk_list;
       c.num_listed = split_.num_chunk;
     }
-    GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
+    if (options_.chunked_wy) {
+      GDN_CUDA_RETURN(cuda::Gdn2ChunkedWY(c, chunk_ws_.get(), chunk_ws_.bytes(), stream_));
+    } else {
+      GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
+    }
   }
   GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), z_.f(), value_dim, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
                                      cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));

@@ -22,6 +22,10 @@ struct CudaBackendOptions {
   // an H200 it measured 17K/52K tokens/s (1/8 sequences, 1.3B shape) against
   // the token-by-token kernel's 30K/60K. The tensor-core version is issue 6.
   bool chunked_prefill = false;
+  // With chunked_prefill: the three-phase chunkwise kernel (every chunk's
+  // key-side work in parallel; kernels/cuda/gdn2_chunk_wy.cu) instead of the
+  // one-pass one. Not yet measured on a GPU.
+  bool chunked_wy = false;
   // Decode rows through fixed GEMM algorithms too (prompt rows always are):
   // every row's logits independent of the batch it ran in, at some cost in
   // decode speed at batch sizes the fixed algorithm does not suit.

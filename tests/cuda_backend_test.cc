@@ -29,6 +29,7 @@ struct Param {
   bool bf16;
   bool chunked = false;  // prefill pieces through the chunkwise kernel
   bool graphs = true;    // decode steps as CUDA graphs
+  bool wy = false;       // with chunked: the three-phase chunk kernel
 };
 
 std::string ModelPath(const std::string& m) {
@@ -52,7 +53,8 @@ class CudaBackendTest : public ::testing::TestWithParam<Param> {
     auto gpu = CreateCudaBackend(weights, {.num_slots = 8,
                                            .bf16 = GetParam().bf16,
                                            .cuda_graphs = GetParam().graphs,
-                                           .chunked_prefill = GetParam().chunked});
+                                           .chunked_prefill = GetParam().chunked,
+                                           .chunked_wy = GetParam().wy});
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = std::move(*gpu);
     rng_.seed(testing::TestSeed() + std::hash<std::string>{}(GetParam().model) + GetParam().bf16);
@@ -397,7 +399,7 @@ std::string Name(const ::testing::TestParamInfo<Param>& info) {
   std::string m = info.param.model;
   std::replace_if(m.begin(), m.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
   return m + (info.param.bf16 ? "_bf16" : "_f32") + (info.param.chunked ? "_chunked" : "") +
-         (info.param.graphs ? "" : "_nographs");
+         (info.param.graphs ? "" : "_nographs") + (info.param.wy ? "_wy" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest,
@@ -409,7 +411,11 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest,
                                            Param{GDNSERVE_BUNDLED_MODEL, false, true},
                                            Param{GDNSERVE_BUNDLED_MODEL, true, true},
                                            // Decode without CUDA graphs.
-                                           Param{GDNSERVE_BUNDLED_MODEL, false, false, false}),
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, false, false},
+                                           // The three-phase chunk kernel.
+                                           Param{"tiny_gva", false, true, true, true},
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, true, true, true},
+                                           Param{GDNSERVE_BUNDLED_MODEL, true, true, true, true}),
                          Name);
 
 }  // namespace
