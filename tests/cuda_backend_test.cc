@@ -258,11 +258,15 @@ TEST_P(CudaBackendTest, PrefixSnapshotContinuesLikeACold) {
   // A one-token prompt tail (flagged as prompt) next to a decode token of
   // another sequence: still the cold run's row 128.
   const int one = *gpu_->state_pool().Acquire(), other = *gpu_->state_pool().Acquire();
-  ASSERT_TRUE(gpu_->WriteSlot(one, snap).ok());
   const int32_t tok = ids[5];
+  // First a pure decode step of two sequences (with CUDA graphs: captured
+  // for batch 2), then the mixed step of two: it must not replay that graph.
+  std::vector<SeqPiece> decode = {{other, {&tok, 1}, false}, {one, {&tok, 1}, false}};
+  ForwardOutput o;
+  ASSERT_TRUE(gpu_->Forward(decode, &o).ok());
+  ASSERT_TRUE(gpu_->WriteSlot(one, snap).ok());
   std::vector<SeqPiece> mixed = {{other, {&tok, 1}, false}, {one, absl::MakeConstSpan(ids).subspan(128, 1), false}};
   mixed[1].prompt = true;
-  ForwardOutput o;
   ASSERT_TRUE(gpu_->Forward(mixed, &o).ok());
   const std::vector<float> row(o.Row(1), o.Row(1) + o.vocab);
   const std::vector<float> cold_row(cold_rows.begin() + 128 * o.vocab, cold_rows.begin() + 129 * o.vocab);

@@ -9,7 +9,9 @@
 // >= min_p times the most likely one. The token is then drawn from the kept
 // set by inverse CDF over the kept tokens in token-id order with one uniform
 // u in [0, 1): the same u picks the same token on any backend, whatever
-// sort the backend uses to find the kept set.
+// sort the backend uses to find the kept set, except where u falls within
+// rounding of a cumulative boundary (the GPU sums float32 weights, this
+// float64 ones).
 #pragma once
 
 #include <cstdint>

@@ -25,6 +25,7 @@ __device__ __forceinline__ int64_t Max64(int64_t a, int64_t b) { return a > b ? 
 
 // Order-preserving map of float to uint32 (larger float, larger key).
 __device__ __forceinline__ uint32_t Key(float x) {
+  if (x == 0.0f) x = 0.0f;  // -0 and +0 are one value (a tie), as on the CPU
   const uint32_t u = __float_as_uint(x);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
@@ -59,19 +60,23 @@ __device__ T BlockMax(T v, T* sh) {
   return r;
 }
 
-// The largest value, first index on ties.
+// The largest value, first index on ties; index INT_MAX marks a thread with
+// no element (it never wins, even against -inf).
+__device__ __forceinline__ bool Better(float ov, int oi, float v, int i) {
+  return oi != INT_MAX && (i == INT_MAX || ov > v || (ov == v && oi < i));
+}
 __device__ void BlockArgmax(float& v, int& i, float* shv, int* shi) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(kFull, v, o);
     const int oi = __shfl_xor_sync(kFull, i, o);
-    if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
+    if (Better(ov, oi, v, i)) v = ov, i = oi;
   }
   if (threadIdx.x % 32 == 0) shv[threadIdx.x / 32] = v, shi[threadIdx.x / 32] = i;
   __syncthreads();
   v = shv[0], i = shi[0];
   for (int w = 1; w < 32; ++w) {
-    if (shv[w] > v || (shv[w] == v && shi[w] < i)) v = shv[w], i = shi[w];
+    if (Better(shv[w], shi[w], v, i)) v = shv[w], i = shi[w];
   }
   __syncthreads();
 }
@@ -192,7 +197,7 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* __restrict
 
   int token = arg;
   if (sp.temperature != 0.0f) {
-    const Row r{x, n, mx, 1.0f / sp.temperature};
+    const Row r{x, n, mx, fminf(1.0f / sp.temperature, FLT_MAX)};  // a tiny temperature: the argmax
     const bool cut_k = sp.top_k > 0 && sp.top_k < n;
     uint32_t theta = 0;
     int64_t q = INT64_MAX;  // ties at theta kept (lowest ids first)
@@ -283,6 +288,8 @@ __global__ void __launch_bounds__(kThreads) SampleKernel(const float* __restrict
     __syncthreads();
     token = chosen != INT_MAX ? chosen : last;
   }
+  if (token < 0 || token >= n) token = arg;  // nothing kept (top_p <= 0 is refused upstream)
+  if (token < 0 || token >= n) token = 0;
   if (tid == 0) {
     out_token[blockIdx.x] = token;
     out_logprob[blockIdx.x] = static_cast<float>(static_cast<double>(raw[token]) - rmx - log(rs));
