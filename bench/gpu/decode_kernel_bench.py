@@ -22,21 +22,7 @@ import sys
 
 import torch
 
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB: bytes read + written per second (best of 10)."""
-    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda").fill_(1.0)
-    b = torch.empty_like(a)
-    best = float("inf")
-    for i in range(12):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        b.copy_(a)
-        e1.record()
-        e1.synchronize()
-        if i >= 2:
-            best = min(best, e0.elapsed_time(e1) * 1e-3)
-    return 2 * a.numel() * 4 / best
+from gpu_bench_util import copy_bandwidth, rel_err
 
 
 def graph_time(fn, calls: int = 10, replays: int = 20) -> float:
@@ -61,10 +47,6 @@ def graph_time(fn, calls: int = 10, replays: int = 20) -> float:
     e1.record()
     e1.synchronize()
     return e0.elapsed_time(e1) * 1e-3 / (calls * replays)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def main() -> int:

@@ -21,20 +21,7 @@ import sys
 
 import torch
 
-
-def copy_bandwidth() -> float:
-    n = 1 << 28
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        torch.cuda.synchronize()
-        best = min(best, s.elapsed_time(e) / 1e3)
-    return 2 * n / best
+from gpu_bench_util import copy_bandwidth, rel_err
 
 
 def timed(fn, reps: int) -> float:
@@ -50,10 +37,6 @@ def timed(fn, reps: int) -> float:
         times.append(s.elapsed_time(e) / 1e3)
     times.sort()
     return times[len(times) // 2]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 def main() -> int:

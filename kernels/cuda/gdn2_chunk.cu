@@ -13,18 +13,17 @@
 // is repeated by the V / kTileV tiles of a head.
 #include <algorithm>
 
+#include "kernels/cuda/gdn2_chunk_common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace gdnserve::cuda {
 namespace {
 
-constexpr int kC = 64;        // chunk
-constexpr int kMaxK = 128;
+using chunk_common::kC;
+using chunk_common::kMaxK;
+using chunk_common::Sigmoid;
 constexpr int kTileV = 64;    // value rows per block (a lane per row solves them)
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 struct Smem {
   // Row strides padded by one float: rows map to different banks.
@@ -65,8 +64,6 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
   const int64_t p0 = a.pieces.start[piece], p1 = a.pieces.start[piece + 1];
   float* S = a.state.base + a.pieces.slot[piece] * a.state.slot_stride + a.state.recurrent_offset +
              static_cast<int64_t>(hv) * V * K;
-  const float neg_a = -expf(a.a_log[hk]);
-  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
 
   for (int i = tid; i < kTileV * K; i += kThreads) {
     const int j = i / K, c = i % K;
@@ -76,40 +73,7 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
   for (int64_t t0 = p0; t0 < p1; t0 += kC) {
     const int n = static_cast<int>(p1 - t0 < kC ? p1 - t0 : kC);
     // 1. Inputs of the chunk, activated; rows n..63 zero.
-    for (int i = tid; i < kC * K; i += kThreads) {
-      const int t = i / K, c = i % K;
-      float g = 0.0f;
-      if (t < n) g = neg_a * Softplus(a.g[(t0 + t) * a.g_stride + hk * K + c] + a.dt_bias[hk * K + c]);
-      sG[t * ks + c] = g;
-    }
-    for (int t = warp; t < kC; t += kThreads / 32) {
-      float q[kMaxK / 32], k[kMaxK / 32], b[kMaxK / 32];
-      float qq = 0.0f, kk = 0.0f;
-#pragma unroll
-      for (int r = 0; r < kMaxK / 32; ++r) {
-        const int c = r * 32 + lane;
-        const bool ok = t < n && c < K;
-        q[r] = ok ? a.q[(t0 + t) * a.qk_stride + hk * K + c] : 0.0f;
-        k[r] = ok ? a.k[(t0 + t) * a.qk_stride + hk * K + c] : 0.0f;
-        b[r] = ok ? Sigmoid(a.b[(t0 + t) * a.b_stride + hk * K + c]) * bscale : 0.0f;
-        qq += q[r] * q[r];
-        kk += k[r] * k[r];
-      }
-      for (int o = 16; o > 0; o >>= 1) {
-        qq += __shfl_xor_sync(0xffffffffu, qq, o);
-        kk += __shfl_xor_sync(0xffffffffu, kk, o);
-      }
-      const float rq = a.scale / sqrtf(qq + 1e-6f), rk = 1.0f / sqrtf(kk + 1e-6f);
-#pragma unroll
-      for (int r = 0; r < kMaxK / 32; ++r) {
-        const int c = r * 32 + lane;
-        if (c < K) {
-          sQ[t * ks + c] = q[r] * rq;
-          sK[t * ks + c] = k[r] * rk;
-          sE[t * ks + c] = b[r] * k[r] * rk;
-        }
-      }
-    }
+    chunk_common::LoadKeySide<kThreads>(a, t0, n, hk, ks, sQ, sK, sE, sG);
     for (int i = tid; i < kC * kTileV; i += kThreads) {
       const int t = i / kTileV, j = i % kTileV;
       float z = 0.0f;
@@ -121,39 +85,11 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
     }
     __syncthreads();
     // Inclusive cumulative decay per channel.
-    for (int c = tid; c < K; c += kThreads) {
-      float acc = 0.0f;
-      for (int t = 0; t < n; ++t) {
-        acc += sG[t * ks + c];
-        sG[t * ks + c] = acc;
-      }
-      for (int t = n; t < kC; ++t) sG[t * ks + c] = acc;
-      sGC[c] = acc;
-    }
+    chunk_common::CumulativeDecay<kThreads>(sG, ks, n, K, sGC);
     __syncthreads();
 
     // 2. A (strictly lower) and M (lower with the diagonal), pairwise decays.
-    for (int p = tid; p < kC * kC; p += kThreads) {
-      const int t = p / kC, i = p % kC;
-      float av = 0.0f, mv = 0.0f;
-      if (i <= t && t < n) {
-        const float* qt = sQ + t * ks;
-        const float* et = sE + t * ks;
-        const float* gt = sG + t * ks;
-        const float* ki = sK + i * ks;
-        const float* gi = sG + i * ks;
-        for (int c = 0; c < K; ++c) {
-          // Exponents are <= 0 (>= -100 per token): the fast exp's error,
-          // ~|x| * 2^-24 relative, stays far below the 1e-4 budget.
-          const float kd = ki[c] * __expf(gt[c] - gi[c]);
-          av += et[c] * kd;
-          mv += qt[c] * kd;
-        }
-        if (i == t) av = 0.0f;
-      }
-      sA[t * (kC + 1) + i] = av;
-      sM[t * (kC + 1) + i] = mv;
-    }
+    chunk_common::PairwiseAM<kThreads>(sQ, sK, sE, sG, ks, n, K, sA, sM, kC + 1);
     __syncthreads();
 
     // 3. Decays into the factors: Q~ = q e^G, E~ = e e^G, K^ = k e^(G_C - G).

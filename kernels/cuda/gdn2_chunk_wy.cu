@@ -20,19 +20,18 @@
 //   O = Q~ S0 + M N (written out), S <- e^(G_C) S0 + K^^T N.
 #include <cstdint>
 
+#include "kernels/cuda/gdn2_chunk_common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace gdnserve::cuda {
 namespace {
 
-constexpr int kC = 64;
-constexpr int kMaxK = 128;
+using chunk_common::kC;
+using chunk_common::kMaxK;
+using chunk_common::Sigmoid;
 constexpr int kTileV = 32;
 constexpr int kThreads1 = 256;
 constexpr int kThreads2 = 256;
-
-__device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // Workspace layout: the chunk table (ints), then per chunk slot and key head
 // the phase-1 results (floats).
@@ -123,78 +122,18 @@ __global__ void __launch_bounds__(kThreads1, 1) Phase1Kernel(Gdn2RecurrentArgs a
   float* sM = sA + kC * as;
   float* sT = sM + kC * as;
   float* sGC = sT + kC * as;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x;
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
-  const float neg_a = -expf(a.a_log[hk]);
-  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
 
   // 1. Gates, norms; rows n..63 zero.
-  for (int i = tid; i < kC * K; i += kThreads1) {
-    const int t = i / K, c = i % K;
-    float g = 0.0f;
-    if (t < n) g = neg_a * Softplus(a.g[(t0 + t) * a.g_stride + hk * K + c] + a.dt_bias[hk * K + c]);
-    sG[t * ks + c] = g;
-  }
-  for (int t = warp; t < kC; t += kThreads1 / 32) {
-    float q[kMaxK / 32], k[kMaxK / 32], b[kMaxK / 32];
-    float qq = 0.0f, kk = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kMaxK / 32; ++r) {
-      const int c = r * 32 + lane;
-      const bool ok = t < n && c < K;
-      q[r] = ok ? a.q[(t0 + t) * a.qk_stride + hk * K + c] : 0.0f;
-      k[r] = ok ? a.k[(t0 + t) * a.qk_stride + hk * K + c] : 0.0f;
-      b[r] = ok ? Sigmoid(a.b[(t0 + t) * a.b_stride + hk * K + c]) * bscale : 0.0f;
-      qq += q[r] * q[r];
-      kk += k[r] * k[r];
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      qq += __shfl_xor_sync(0xffffffffu, qq, o);
-      kk += __shfl_xor_sync(0xffffffffu, kk, o);
-    }
-    const float rq = a.scale / sqrtf(qq + 1e-6f), rk = 1.0f / sqrtf(kk + 1e-6f);
-#pragma unroll
-    for (int r = 0; r < kMaxK / 32; ++r) {
-      const int c = r * 32 + lane;
-      if (c < K) {
-        sQ[t * ks + c] = q[r] * rq;
-        sK[t * ks + c] = k[r] * rk;
-        sE[t * ks + c] = b[r] * k[r] * rk;
-      }
-    }
-  }
+  chunk_common::LoadKeySide<kThreads1>(a, t0, n, hk, ks, sQ, sK, sE, sG);
   __syncthreads();
-  for (int c = tid; c < K; c += kThreads1) {
-    float acc = 0.0f;
-    for (int t = 0; t < kC; ++t) {
-      acc += sG[t * ks + c];  // rows past n add 0
-      sG[t * ks + c] = acc;
-    }
-    sGC[c] = acc;
-  }
+  chunk_common::CumulativeDecay<kThreads1>(sG, ks, n, K, sGC);
   __syncthreads();
 
   // 2. A (strictly lower) and M (lower with the diagonal), pairwise decays.
-  for (int p = tid; p < kC * kC; p += kThreads1) {
-    const int t = p / kC, i = p % kC;
-    float av = 0.0f, mv = 0.0f;
-    if (i <= t && t < n) {
-      const float* qt = sQ + t * ks;
-      const float* et = sE + t * ks;
-      const float* gt = sG + t * ks;
-      const float* ki = sK + i * ks;
-      const float* gi = sG + i * ks;
-      for (int c = 0; c < K; ++c) {
-        const float kd = ki[c] * __expf(gt[c] - gi[c]);
-        av += et[c] * kd;
-        mv += qt[c] * kd;
-      }
-      if (i == t) av = 0.0f;
-    }
-    sA[t * as + i] = av;
-    sM[t * as + i] = mv;
-  }
+  chunk_common::PairwiseAM<kThreads1>(sQ, sK, sE, sG, ks, n, K, sA, sM, as);
   __syncthreads();
 
   // 3. T = (I + A)^-1 by forward substitution, a thread per column; the
