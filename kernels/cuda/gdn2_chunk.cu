@@ -65,10 +65,7 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
   float* S = a.state.base + a.pieces.slot[piece] * a.state.slot_stride + a.state.recurrent_offset +
              static_cast<int64_t>(hv) * V * K;
 
-  for (int i = tid; i < kTileV * K; i += kThreads) {
-    const int j = i / K, c = i % K;
-    sS[j * ks + c] = j < nv ? S[static_cast<int64_t>(v0 + j) * K + c] : 0.0f;
-  }
+  chunk_common::LoadStateTile<kThreads, kTileV>(S, K, v0, nv, sS, ks);
 
   for (int64_t t0 = p0; t0 < p1; t0 += kC) {
     const int n = static_cast<int>(p1 - t0 < kC ? p1 - t0 : kC);
@@ -117,6 +114,7 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
       sZ[t * zs + j] -= r;
       sO[t * zs + j] = o;
     }
+    for (int c = tid; c < K; c += kThreads) sGC[c] = expf(sGC[c]);  // G_C's last use: e^(G_C) from here
     __syncthreads();
 
     // 5. N = (I + A)^-1 R by forward substitution, a lane per value row.
@@ -136,29 +134,12 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
     }
     __syncthreads();
 
-    // 6. O = O1 + M N, written out.
-    for (int i = tid; i < n * kTileV; i += kThreads) {
-      const int t = i / kTileV, j = i % kTileV;
-      if (j >= nv) continue;
-      const float* mt = sM + t * (kC + 1);
-      float o = sO[t * zs + j];
-      for (int s = 0; s <= t; ++s) o += mt[s] * sZ[s * zs + j];
-      a.out[(t0 + t) * a.out_stride + static_cast<int64_t>(hv) * V + v0 + j] = o;
-    }
-    // 7. S <- exp(G_C) S + K^^T N.
-    for (int i = tid; i < kTileV * K; i += kThreads) {
-      const int j = i / K, c = i % K;
-      float s = sS[j * ks + c] * expf(sGC[c]);
-      for (int t = 0; t < n; ++t) s += sK[t * ks + c] * sZ[t * zs + j];
-      sS[j * ks + c] = s;
-    }
+    // 6. O = O1 + M N, written out; 7. S <- e^(G_C) S + K^^T N.
+    chunk_common::FinishChunk<kThreads, kTileV>(a, t0, n, hv, v0, nv, sM, kC + 1, sO, sZ, zs, sK, ks, sGC, sS);
     __syncthreads();
   }
 
-  for (int i = tid; i < nv * K; i += kThreads) {
-    const int j = i / K, c = i % K;
-    S[static_cast<int64_t>(v0 + j) * K + c] = sS[j * ks + c];
-  }
+  chunk_common::StoreStateTile<kThreads>(sS, ks, K, v0, nv, S);
 }
 
 }  // namespace

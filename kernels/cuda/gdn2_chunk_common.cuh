@@ -103,4 +103,47 @@ __device__ void PairwiseAM(const float* sQ, const float* sK, const float* sE, co
   }
 }
 
+// A block's tile of kTileV value rows [v0, v0 + nv) of a head's state S
+// ([V][K] in its slot) into shared rows of stride ks (rows past nv zero),
+// and back.
+template <int kThreads, int kTileV>
+__device__ void LoadStateTile(const float* S, int K, int v0, int nv, float* sS, int ks) {
+  for (int i = threadIdx.x; i < kTileV * K; i += kThreads) {
+    const int j = i / K, c = i % K;
+    sS[j * ks + c] = j < nv ? S[static_cast<int64_t>(v0 + j) * K + c] : 0.0f;
+  }
+}
+template <int kThreads>
+__device__ void StoreStateTile(const float* sS, int ks, int K, int v0, int nv, float* S) {
+  for (int i = threadIdx.x; i < nv * K; i += kThreads) {
+    const int j = i / K, c = i % K;
+    S[static_cast<int64_t>(v0 + j) * K + c] = sS[j * ks + c];
+  }
+}
+
+// The end of a chunk of n tokens from t0 for value head hv, columns
+// [v0, v0 + nv): O = O1 + M N written out, then S <- Diag(decay) S + K^^T N
+// (decay = e^(G_C)). sO, sN: [kC][zs]; sM: [kC][as]; sK, sS: rows of stride
+// ks. The two loops touch different buffers: no synchronisation between them.
+template <int kThreads, int kTileV>
+__device__ void FinishChunk(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hv, int v0, int nv, const float* sM,
+                            int as, const float* sO, const float* sN, int zs, const float* sK, int ks,
+                            const float* decay, float* sS) {
+  const int K = a.K;
+  for (int i = threadIdx.x; i < n * kTileV; i += kThreads) {
+    const int t = i / kTileV, j = i % kTileV;
+    if (j >= nv) continue;
+    const float* mt = sM + t * as;
+    float o = sO[t * zs + j];
+    for (int s = 0; s <= t; ++s) o += mt[s] * sN[s * zs + j];
+    a.out[(t0 + t) * a.out_stride + static_cast<int64_t>(hv) * a.V + v0 + j] = o;
+  }
+  for (int i = threadIdx.x; i < kTileV * K; i += kThreads) {
+    const int j = i / K, c = i % K;
+    float s = sS[j * ks + c] * decay[c];
+    for (int t = 0; t < n; ++t) s += sK[t * ks + c] * sN[t * zs + j];
+    sS[j * ks + c] = s;
+  }
+}
+
 }  // namespace gdnserve::cuda::chunk_common

@@ -216,10 +216,7 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
   const int tid = threadIdx.x;
   float* S = a.state.base + a.pieces.slot[piece] * a.state.slot_stride + a.state.recurrent_offset +
              static_cast<int64_t>(hv) * V * K;
-  for (int i = tid; i < kTileV * K; i += kThreads2) {
-    const int j = i / K, c = i % K;
-    sS[j * ks + c] = j < nv ? S[static_cast<int64_t>(v0 + j) * K + c] : 0.0f;
-  }
+  chunk_common::LoadStateTile<kThreads2, kTileV>(S, K, v0, nv, sS, ks);
   const int first = tab.piece_first[piece], count = tab.piece_count[piece];
   for (int ci = 0; ci < count; ++ci) {
     const int chunk = first + ci;
@@ -273,26 +270,10 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
     }
     __syncthreads();
     // O = O1 + M N, written out; S <- e^(G_C) S0 + K^^T N.
-    for (int i = tid; i < n * kTileV; i += kThreads2) {
-      const int t = i / kTileV, j = i % kTileV;
-      if (j >= nv) continue;
-      const float* mt = sM + t * as;
-      float o = sO[t * zs + j];
-      for (int s = 0; s <= t; ++s) o += mt[s] * sN[s * zs + j];
-      a.out[(t0 + t) * a.out_stride + static_cast<int64_t>(hv) * V + v0 + j] = o;
-    }
-    for (int i = tid; i < kTileV * K; i += kThreads2) {
-      const int j = i / K, c = i % K;
-      float s = sS[j * ks + c] * sD[c];
-      for (int t = 0; t < n; ++t) s += sK[t * ks + c] * sN[t * zs + j];
-      sS[j * ks + c] = s;
-    }
+    chunk_common::FinishChunk<kThreads2, kTileV>(a, t0, n, hv, v0, nv, sM, as, sO, sN, zs, sK, ks, sD, sS);
   }
   __syncthreads();
-  for (int i = tid; i < nv * K; i += kThreads2) {
-    const int j = i / K, c = i % K;
-    S[static_cast<int64_t>(v0 + j) * K + c] = sS[j * ks + c];
-  }
+  chunk_common::StoreStateTile<kThreads2>(sS, ks, K, v0, nv, S);
 }
 
 }  // namespace
