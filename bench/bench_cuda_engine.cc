@@ -217,28 +217,22 @@ int main(int argc, char** argv) {
   };
 
   // Decode steps as the server runs them: the forward (logits stay on the
-  // device) and the tokens drawn on the device (temperature 1). Without CUDA
-  // graphs, with them (the default backend), and with them plus the decode
-  // GEMV for batches <= 8 (off by default; compared in the same run).
+  // device) and the tokens drawn on the device (temperature 1), without and
+  // then with CUDA graphs (the default).
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
-  struct DecodeConfig {
-    bool graphs, gemv;
-  };
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts
-  for (const DecodeConfig dc : {DecodeConfig{false, false}, DecodeConfig{true, false}, DecodeConfig{true, true}}) {
-    const bool graphs = dc.graphs;
+  for (const bool graphs : {false, true}) {
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(
-        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs, .small_batch_gemv = dc.gemv});
+    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     state_bytes = be.state_pool().layout().bytes_per_slot();
-    std::printf("\nmodel %s (%s, CUDA graphs %s, small batches through %s): %.2fB parameters, %.1f MB state per "
-                "sequence, %d slots; %.2f GB on the GPU\n",
-                model.c_str(), be.name().c_str(), graphs ? "on" : "off", dc.gemv && !f32 ? "the GEMV" : "cuBLAS",
-                params / 1e9, state_bytes / 1e6, max_batch, (DeviceUsed() - used0) / 1e9);
+    std::printf("\nmodel %s (%s, CUDA graphs %s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
+                "%.2f GB on the GPU\n",
+                model.c_str(), be.name().c_str(), graphs ? "on" : "off", params / 1e9, state_bytes / 1e6, max_batch,
+                (DeviceUsed() - used0) / 1e9);
     report["backend"] = be.name();
     report["state_bytes_per_sequence"] = state_bytes;
     std::printf("%6s %12s %12s %8s %14s\n", "batch", "step ms", "floor ms", "x floor", "tokens/s");
@@ -278,7 +272,7 @@ int main(int argc, char** argv) {
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dc.gemv && !f32},
+      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

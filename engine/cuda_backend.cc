@@ -441,10 +441,6 @@ absl::Status CudaBackend::FixedGemm(const void* a, int64_t lda, int64_t m, int64
 
 absl::Status CudaBackend::GemmRows(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w,
                                    int64_t n, float* c, int64_t ldc, bool accumulate) {
-  if (options_.small_batch_gemv && wtype_ == DType::kBF16 && cuda::GemvBf16Supported(m, k, lda, a, w.get())) {
-    GDN_CUDA_RETURN(cuda::GemvBf16(a, lda, m, k, w.get(), n, c, ldc, accumulate, stream_));
-    return absl::OkStatus();
-  }
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cudaDataType_t t = wtype_ == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F;
   // Column-major view: C^T [n, m] = W [n, k] (stored k-major: op T) . A^T [k, m].

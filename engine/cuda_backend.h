@@ -30,11 +30,6 @@ struct CudaBackendOptions {
   // every row's logits independent of the batch it ran in, at some cost in
   // decode speed at batch sizes the fixed algorithm does not suit.
   bool batch_invariant = false;
-  // Decode runs of at most 8 rows through kernels/cuda's GEMV (bf16 weights)
-  // instead of cuBLAS. Off: on an H200 it measured slower than cuBLAS
-  // (decode step 1.732 vs 1.672 ms at batch 1, 2.718 vs 1.819 at batch 8,
-  // bench/RESULTS.md).
-  bool small_batch_gemv = false;
 };
 
 // FailedPrecondition when there is no usable GPU, Unimplemented when built

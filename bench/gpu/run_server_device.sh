@@ -190,7 +190,7 @@ out, prompt, gen, budget = sys.argv[1:5]
 raw_path = os.path.join(out, "engine_raw.json")
 raw = json.load(open(raw_path)) if os.path.exists(raw_path) else {"decode": []}
 # bench_cuda_engine reports graphs off and on; the server replays graphs (its default).
-decode = [d for d in raw["decode"] if d.get("cuda_graphs", True) and d.get("gemv", True)]
+decode = [d for d in raw["decode"] if d.get("cuda_graphs", True) and not d.get("gemv", False)]
 raw_tps = {d["batch"]: d["batch"] / d["step_seconds"] for d in decode}
 runs = sorted((json.load(open(p)) for p in glob.glob(os.path.join(out, "server_c*.json"))),
               key=lambda r: r["concurrency"])

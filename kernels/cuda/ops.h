@@ -151,15 +151,4 @@ cudaError_t SampleRows(const float* logits, int64_t vocab, const DrawSpec* specs
                        const int32_t* lists, float* work, int32_t* out_token, float* out_logprob,
                        cudaStream_t stream);
 
-// Decode-sized linear layer: y[m, n] = x[m, :k] . w[n, :k]^T (+ y if
-// accumulate), bf16 x (row stride ldx) and w ([n, k] row-major), float32 y
-// (row stride ldy), 1 <= m <= kGemvMaxRows. Memory bound (each weight byte
-// read once); cuBLAS picks kernels made for larger m. GemvBf16Supported says
-// whether the shape and pointers qualify (k and ldx multiples of 8, 16-byte
-// aligned x and w).
-constexpr int kGemvMaxRows = 8;
-bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
-cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
-                     int64_t ldy, bool accumulate, cudaStream_t stream);
-
 }  // namespace gdnserve::cuda
