@@ -198,9 +198,13 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   // Fixed GEMM algorithms by (n, k, lda, ldc, class): chosen once, used for
-  // every row count (a row's result then never depends on its batch).
-  std::map<std::array<int64_t, 5>, cublasLtMatmulAlgo_t> pinned_;
-  std::map<std::array<int64_t, 6>, bool> checked_;  // (key, m): whether the algorithm takes it
+  // every row count (a row's result then never depends on its batch), with
+  // the row counts checked so far and whether the algorithm takes each.
+  struct Pinned {
+    cublasLtMatmulAlgo_t algo;
+    std::map<int64_t, bool> takes;
+  };
+  std::map<std::array<int64_t, 5>, Pinned> pinned_;
   // This forward's pieces as runs of GEMM rows by class: prompt rows (fixed
   // algorithms) and decode rows (cuBLAS's choice per size, unless
   // batch_invariant). Token rows [t0, t1), logits rows [r0, r1).
@@ -413,15 +417,15 @@ absl::Status CudaBackend::FixedGemm(const void* a, int64_t lda, int64_t m, int64
     if (count == 0) {
       return absl::InternalError(absl::StrFormat("cuBLASLt has no algorithm for a %d x %d x %d GEMM", rep_m, n, k));
     }
-    it = pinned_.emplace(key, results[0].algo).first;
+    it = pinned_.emplace(key, Pinned{results[0].algo, {}}).first;
   }
   LtMatmul d(t, m, n, k, lda, ldc);
   if (!d.ok()) return absl::InternalError("cuBLASLt: cannot describe a matmul");
-  const std::array<int64_t, 6> checked = {n, k, lda, ldc, key[4], m};
-  auto known = checked_.find(checked);
-  if (known == checked_.end()) {
+  cublasLtMatmulAlgo_t& algo = it->second.algo;
+  auto known = it->second.takes.find(m);
+  if (known == it->second.takes.end()) {
     cublasLtMatmulHeuristicResult_t r = {};
-    const cublasStatus_t cs = cublasLtMatmulAlgoCheck(lt_, d.op_, d.a_, d.b_, d.c_, d.c_, &it->second, &r);
+    const cublasStatus_t cs = cublasLtMatmulAlgoCheck(lt_, d.op_, d.a_, d.b_, d.c_, d.c_, &algo, &r);
     const bool ok = cs == CUBLAS_STATUS_SUCCESS && r.workspaceSize <= cublas_workspace_.bytes();
     if (!ok) {
       std::fprintf(stderr,
@@ -430,11 +434,11 @@ absl::Status CudaBackend::FixedGemm(const void* a, int64_t lda, int64_t m, int64
                    static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(m),
                    cublasGetStatusString(cs));
     }
-    known = checked_.emplace(checked, ok).first;
+    known = it->second.takes.emplace(m, ok).first;
   }
   if (!known->second) return GemmRows(a, lda, m, k, w, n, c, ldc, accumulate);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  GDN_CUBLAS_RETURN(cublasLtMatmul(lt_, d.op_, &alpha, w.get(), d.a_, a, d.b_, &beta, c, d.c_, c, d.c_, &it->second,
+  GDN_CUBLAS_RETURN(cublasLtMatmul(lt_, d.op_, &alpha, w.get(), d.a_, a, d.b_, &beta, c, d.c_, c, d.c_, &algo,
                                    cublas_workspace_.get(), cublas_workspace_.bytes(), stream_));
   return absl::OkStatus();
 }
