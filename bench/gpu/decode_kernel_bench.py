@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import sys
 
 import torch
 
-from gpu_bench_util import copy_bandwidth, rel_err
+from gpu_bench_util import copy_bandwidth, rel_err, write_json
 
 
 def graph_time(fn, calls: int = 10, replays: int = 20) -> float:
@@ -145,8 +144,7 @@ def main() -> int:
         if out_err > 1e-4 or state_err > 1e-4:
             print(f"MISMATCH at batch {B}: outputs {out_err:.2e}, states {state_err:.2e}", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), H=H, K=K, rows=rows), f, indent=2)
+        write_json(args.json, H, K, rows)
     return 0
 
 

@@ -1,4 +1,6 @@
 """Helpers shared by the GPU kernel benchmarks in bench/gpu (PyTorch on CUDA)."""
+import json
+
 import torch
 
 
@@ -21,3 +23,9 @@ def copy_bandwidth() -> float:
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """|a - b| / |b| in float64 (Frobenius norms)."""
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def write_json(path: str, H: int, K: int, rows: list) -> None:
+    """A kernel benchmark's report: the card, the head shape and one dict per row."""
+    with open(path, "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), H=H, K=K, rows=rows), f, indent=2)

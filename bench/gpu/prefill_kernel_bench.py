@@ -16,12 +16,11 @@ v, w and output once, state in and out once per sequence).
 """
 import argparse
 import ctypes
-import json
 import sys
 
 import torch
 
-from gpu_bench_util import copy_bandwidth, rel_err
+from gpu_bench_util import copy_bandwidth, rel_err, write_json
 
 
 def timed(fn, reps: int) -> float:
@@ -123,13 +122,16 @@ def main() -> int:
             except RuntimeError as e:
                 print(f"{shape} {name}: {e}", file=sys.stderr)
         bg, wg = torch.sigmoid(b_raw), torch.sigmoid(w_raw)
+
+        def fla_op(op):  # fla's chunk ops share one signature: activated erase/write gates, raw decay
+            init = torch.zeros(N, HV, V, K, device=dev)
+            return op(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale, initial_state=init,
+                      output_final_state=True, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+                      cu_seqlens=cu, state_v_first=True, A_log=a_log, dt_bias=dt_bias)
+
         if chunk_gdn2 is not None:
             def fla():
-                init = torch.zeros(N, HV, V, K, device=dev)
-                return chunk_gdn2(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale,
-                                  initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
-                                  use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log,
-                                  dt_bias=dt_bias)
+                return fla_op(chunk_gdn2)
             try:
                 with torch.inference_mode():
                     results["fla chunk_gdn2"] = timed(fla, args.reps)
@@ -140,11 +142,7 @@ def main() -> int:
                 print(f"{shape} fla chunk_gdn2: {e}", file=sys.stderr)
         if naive_chunk_gdn2 is not None and N <= 8:  # it loops over sequences in Python
             def naive():
-                init = torch.zeros(N, HV, V, K, device=dev)
-                return naive_chunk_gdn2(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale,
-                                        initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
-                                        use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log,
-                                        dt_bias=dt_bias)
+                return fla_op(naive_chunk_gdn2)
             try:
                 with torch.inference_mode():
                     results["torch naive_chunk_gdn2"] = timed(naive, 1)
@@ -164,8 +162,7 @@ def main() -> int:
             row["results"][name] = dict(seconds=sec, out_rel_err=oe, state_rel_err=se)
         rows.append(row)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), H=H, K=K, rows=rows), f, indent=2)
+        write_json(args.json, H, K, rows)
     return 0
 
 
