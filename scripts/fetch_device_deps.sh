@@ -124,14 +124,20 @@ make_tarball() {
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-fetch_base() {
-  stamp="rev=$SCRIPT_REV ${PKGS[*]}"
-  if [ "$force" = 0 ] && [ -f "$ROOT/.stamp" ] && [ "$(cat "$ROOT/.stamp")" = "$stamp" ] \
-     && [ -f "$TARBALL" ]; then
-    echo "fetch_device_deps: up to date ($ROOT)"
-    du -sh "$ROOT" "$TARBALL"
+# up_to_date STAMP_FILE STAMP TREE TARBALL: true (and says so) when TREE was
+# made from the same packages by this revision and its tarball exists.
+up_to_date() {
+  if [ "$force" = 0 ] && [ -f "$1" ] && [ "$(cat "$1")" = "$2" ] && [ -f "$4" ]; then
+    echo "fetch_device_deps: up to date ($3)"
+    du -sh "$3" "$4"
     return 0
   fi
+  return 1
+}
+
+fetch_base() {
+  stamp="rev=$SCRIPT_REV ${PKGS[*]}"
+  up_to_date "$ROOT/.stamp" "$stamp" "$ROOT" "$TARBALL" && return 0
 
   mkdir -p "$tmp/base"
   download "$tmp/base" "${PKGS[@]}"
@@ -189,12 +195,7 @@ fetch_base() {
 fetch_server() {
   local sroot="$SERVER_DIR/root" lib stamp deb name f so bad dir ext missing
   stamp="rev=$SERVER_REV ${SERVER_PKGS[*]}"
-  if [ "$force" = 0 ] && [ -f "$SERVER_DIR/.stamp" ] && [ "$(cat "$SERVER_DIR/.stamp")" = "$stamp" ] \
-     && [ -f "$SERVER_TARBALL" ]; then
-    echo "fetch_device_deps: up to date ($sroot)"
-    du -sh "$sroot" "$SERVER_TARBALL"
-    return 0
-  fi
+  up_to_date "$SERVER_DIR/.stamp" "$stamp" "$sroot" "$SERVER_TARBALL" && return 0
 
   mkdir -p "$tmp/server" "$tmp/absl"
   download "$tmp/server" "${SERVER_PKGS[@]}"
