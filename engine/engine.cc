@@ -248,6 +248,14 @@ void Engine::LookupPrefix(Group& g) {
   prefix_hit_tokens_ += g.cached;
 }
 
+void Engine::CheckBackendHealth() {
+  absl::Status h = backend_->Health();
+  if (h.ok()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (backend_failure_.ok()) backend_failure_ = std::move(h);
+  accepting_.store(false);
+}
+
 void Engine::MaybeSnapshotPrefix(Group& g) {
   if (!g.capture || g.prefilled % prefix_cache_.interval() != 0) return;
   const auto prefix = absl::MakeConstSpan(g.req.prompt).subspan(0, g.prefilled);
@@ -461,13 +469,7 @@ bool Engine::Step() {
   ForwardOutput out;
   const auto t_forward = Clock::now();
   absl::Status status = batch.empty() ? absl::OkStatus() : backend_->Forward(batch, &out);
-  if (!status.ok()) {
-    if (absl::Status h = backend_->Health(); !h.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (backend_failure_.ok()) backend_failure_ = h;
-      accepting_.store(false);
-    }
-  }
+  if (!status.ok()) CheckBackendHealth();
   const auto t_after = Clock::now();
   if (observer_ != nullptr && !batch.empty()) {
     observer_->OnStep(static_cast<int>(plan.num_tokens), static_cast<int>(decode_samples.size()), num_prefill_tokens,
@@ -554,10 +556,8 @@ bool Engine::Step() {
           draws[device_index[j]].s->sampler.Record(drawn[j].token);
           results[device_index[j]] = std::move(drawn[j]);
         }
-      } else if (absl::Status h = backend_->Health(); !h.ok()) {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (backend_failure_.ok()) backend_failure_ = h;
-        accepting_.store(false);
+      } else {
+        CheckBackendHealth();
       }
     }
     if (status.ok()) {

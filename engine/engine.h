@@ -137,6 +137,9 @@ class Engine {
   void LookupPrefix(Group& g);
   // After a forward: snapshots a prefill that ended at a cache interval.
   void MaybeSnapshotPrefix(Group& g);
+  // After a failed backend call: if the backend is broken for good
+  // (Backend::Health), remember why and stop admitting requests.
+  void CheckBackendHealth();
   void SaveSession(Group& g);
 
   Backend* backend_;
