@@ -32,4 +32,21 @@ absl::Status ValidateBatch(absl::Span<const SeqPiece> batch, const StatePool& po
   return absl::OkStatus();
 }
 
+std::vector<RowRun> RowRuns(absl::Span<const SeqPiece> batch) {
+  std::vector<RowRun> runs;
+  int64_t t = 0, r = 0;
+  for (const SeqPiece& p : batch) {
+    const int64_t n = static_cast<int64_t>(p.tokens.size()), nl = p.all_logits ? n : 1;
+    if (!runs.empty() && runs.back().prompt == p.is_prompt()) {
+      runs.back().t1 = t + n;
+      runs.back().r1 = r + nl;
+    } else {
+      runs.push_back({p.is_prompt(), t, t + n, r, r + nl});
+    }
+    t += n;
+    r += nl;
+  }
+  return runs;
+}
+
 }  // namespace gdnserve

@@ -34,7 +34,20 @@ struct SeqPiece {
   // depend on how it was split or what ran beside it (the prefix cache's
   // bit-exactness on a GPU).
   bool prompt = false;
+  // Prompt rows: this flag, or more than one token (the chunk form and the
+  // fixed GEMM algorithms); else a decode token.
+  bool is_prompt() const { return prompt || tokens.size() > 1; }
 };
+
+// A batch's pieces as runs of consecutive pieces of one class (prompt or
+// decode): token rows [t0, t1) and logits rows [r0, r1) (ForwardOutput's
+// numbering). Backends run each run's linear layers as one call, so a row's
+// result depends only on its class, not on what ran beside it.
+struct RowRun {
+  bool prompt;
+  int64_t t0, t1, r0, r1;
+};
+std::vector<RowRun> RowRuns(absl::Span<const SeqPiece> batch);
 
 // Logits rows, piece by piece: piece i owns rows [first_row[i], first_row[i+1]).
 // A host backend fills `logits`; a device backend may instead point

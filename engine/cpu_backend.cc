@@ -50,11 +50,7 @@ class CpuBackend final : public Backend {
 
   // Workspace, grown to the largest batch seen ([T, ...] row-major).
   std::vector<int64_t> piece_start_;  // first token row of each piece
-  struct RowRun {
-    bool prompt;
-    int64_t t0, t1, r0, r1;  // token rows, logits rows
-  };
-  std::vector<RowRun> runs_;
+  std::vector<RowRun> runs_;  // this forward's (RowRuns)
   static constexpr int64_t kMinPromptRows = 64;
   std::vector<float> pad_x_, pad_y_;
   std::vector<float> x_, h_, proj_out_, qkv_, f_, z_, b_, w_, o_, mlp_;
@@ -66,19 +62,7 @@ absl::Status CpuBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput
   piece_start_.assign(batch.size() + 1, 0);
   for (size_t i = 0; i < batch.size(); ++i) piece_start_[i + 1] = piece_start_[i] + batch[i].tokens.size();
   const int64_t T = piece_start_.back();
-  runs_.clear();
-  int64_t r = 0;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const bool prompt = batch[i].prompt || batch[i].tokens.size() > 1;
-    const int64_t nl = batch[i].all_logits ? static_cast<int64_t>(batch[i].tokens.size()) : 1;
-    if (!runs_.empty() && runs_.back().prompt == prompt) {
-      runs_.back().t1 = piece_start_[i + 1];
-      runs_.back().r1 = r + nl;
-    } else {
-      runs_.push_back({prompt, piece_start_[i], piece_start_[i + 1], r, r + nl});
-    }
-    r += nl;
-  }
+  runs_ = RowRuns(batch);
 
   x_.resize(T * d);
   h_.resize(T * d);
@@ -199,7 +183,7 @@ void CpuBackend::Mixer(int layer, absl::Span<const SeqPiece> batch, int64_t T) {
                            conv_ch, conv_ch, key_dim, key_dim, conv_ch, value_dim};
     float* state = pool_.Recurrent(batch[i].slot, layer) + hv * V * K;
     float* o = &o_[t0 * value_dim + hv * V];
-    if (n == 1 && !batch[i].prompt) {  // prompt tokens: the chunk form, as in a cold run
+    if (!batch[i].is_prompt()) {  // prompt tokens take the chunk form, as in a cold run
       cpu::Gdn2RecurrentHead(in, n, K, V, state, o, value_dim);
     } else {
       cpu::Gdn2ChunkedHead(in, n, K, V, state, o, value_dim);

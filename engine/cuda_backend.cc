@@ -205,13 +205,8 @@ class CudaBackend final : public Backend {
     std::map<int64_t, bool> takes;
   };
   std::map<std::array<int64_t, 5>, Pinned> pinned_;
-  // This forward's pieces as runs of GEMM rows by class: prompt rows (fixed
-  // algorithms) and decode rows (cuBLAS's choice per size, unless
-  // batch_invariant). Token rows [t0, t1), logits rows [r0, r1).
-  struct RowRun {
-    bool fixed, prompt;
-    int64_t t0, t1, r0, r1;
-  };
+  // This forward's GEMM row runs (RowRuns): prompt rows take the fixed
+  // algorithms, decode rows cuBLAS's choice per size unless batch_invariant.
   std::vector<RowRun> runs_;
   DeviceBuffer embed_, lm_head_, final_norm_, states_;
   std::vector<DeviceLayer> layers_;
@@ -223,7 +218,6 @@ class CudaBackend final : public Backend {
   size_t host_logits_cap_ = 0;
   int64_t last_rows_ = 0;  // logits rows of the last Forward (Draw reads them)
   // Draw: specs + penalty lists up, tokens + logprobs down (pinned), penalized rows.
-  std::vector<char> draw_host_;
   char* draw_pinned_ = nullptr;
   size_t draw_pinned_cap_ = 0;
   DeviceBuffer draw_dev_, draw_work_;
@@ -236,11 +230,10 @@ class CudaBackend final : public Backend {
   std::map<int, cudaGraphExec_t> graphs_;
   uint64_t workspace_gen_ = 0, graphs_gen_ = 0;
 
-  // Pieces of at least kChunkMinTokens go to the chunkwise kernel (when the
-  // device has the shared memory for it), single tokens token by token: the
-  // CPU backend's rule, so a prompt restored from a 64-aligned snapshot takes
-  // the same kernels over the same chunks as a cold run.
-  static constexpr int kChunkMinTokens = 2;
+  // Prompt pieces (SeqPiece::is_prompt) go to the chunkwise kernel when it is
+  // on and the device has the shared memory for it, decode tokens token by
+  // token: the CPU backend's rule, so a prompt restored from a 64-aligned
+  // snapshot takes the same kernels over the same chunks as a cold run.
   bool use_chunk_ = false;
   struct Split {
     const int32_t* chunk_list = nullptr;  // device
@@ -379,7 +372,7 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
     if (r1 <= r0) continue;
     const void* ar = static_cast<const char*>(a) + r0 * lda * elem;
     float* cr = c + r0 * ldc;
-    const absl::Status s = run.fixed ? FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt)
+    const absl::Status s = run.prompt || options_.batch_invariant ? FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt)
                                      : GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate);
     if (!s.ok()) return s;
   }
@@ -556,26 +549,14 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
     t += n;
   }
   start[P] = static_cast<int32_t>(T);
-  // GEMM row runs: consecutive pieces of one class.
-  runs_.clear();
-  for (int i = 0; i < P; ++i) {
-    const bool prompt = batch[i].prompt || batch[i].tokens.size() > 1;
-    const int64_t t0 = start[i], t1 = i + 1 < P ? start[i + 1] : T;
-    const int64_t r0 = out->first_row[i], r1 = out->first_row[i + 1];
-    if (!runs_.empty() && runs_.back().prompt == prompt) {
-      runs_.back().t1 = t1;
-      runs_.back().r1 = r1;
-    } else {
-      runs_.push_back({prompt || options_.batch_invariant, prompt, t0, t1, r0, r1});
-    }
-  }
+  runs_ = RowRuns(batch);
   // Pieces for the chunkwise kernel (prefill) and for the token-by-token one.
   int32_t* chunk_list = slot + P;
   int32_t* rec_list = chunk_list + P;
   split_ = {};
   for (int i = 0; i < P; ++i) {
     const int n = static_cast<int>(batch[i].tokens.size());
-    if (use_chunk_ && (n >= kChunkMinTokens || batch[i].prompt)) {
+    if (use_chunk_ && batch[i].is_prompt()) {
       chunk_list[split_.num_chunk++] = i;
     } else {
       rec_list[split_.num_rec++] = i;
