@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <utility>
 #include <vector>
@@ -181,6 +182,9 @@ class CudaBackend final : public Backend {
   float* SlotPtr(int slot) const { return states_.f() + static_cast<int64_t>(slot) * layout_.floats_per_slot(); }
   void ZeroSlot(int slot);
   void CopySlot(int src, int dst);
+  // Runs a Forward or Draw: refused once the GPU broke; an error that leaves
+  // the device unable to synchronise breaks it for good (fatal_, Health).
+  absl::Status Guarded(const std::function<absl::Status()>& call);
   absl::Status ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out);
   absl::Status DrawImpl(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out);
 
@@ -492,10 +496,10 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
+absl::Status CudaBackend::Guarded(const std::function<absl::Status()>& call) {
   if (!fatal_.ok()) return fatal_;
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));  // the engine loop's thread
-  absl::Status s = ForwardImpl(batch, out);
+  absl::Status s = call();
   if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument) {
     // A kernel fault (illegal address, launch failure, ECC) poisons the
     // context: the device then fails every call. A configuration error does
@@ -505,6 +509,10 @@ absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutpu
     }
   }
   return s;
+}
+
+absl::Status CudaBackend::Forward(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
+  return Guarded([&] { return ForwardImpl(batch, out); });
 }
 
 absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardOutput* out) {
@@ -582,7 +590,7 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
 
   // A decode graph replays this step's row runs and kernel split as they were
   // at capture: only pure decode steps (no prompt piece) take one.
-  const bool decode = T == P && R == P && runs_.size() == 1 && !runs_[0].prompt;
+  const bool decode = runs_.size() == 1 && !runs_[0].prompt;
   if (absl::Status s = decode && options_.cuda_graphs ? ComputeDecodeGraph(P, dev, pieces) : Compute(T, R, dev, pieces);
       !s.ok()) {
     return s;
@@ -619,13 +627,7 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
 }
 
 absl::Status CudaBackend::Draw(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out) {
-  if (!fatal_.ok()) return fatal_;
-  GDN_CUDA_RETURN(cudaSetDevice(options_.device));
-  absl::Status s = DrawImpl(draws, out);
-  if (!s.ok() && s.code() != absl::StatusCode::kInvalidArgument && cudaDeviceSynchronize() != cudaSuccess) {
-    fatal_ = absl::InternalError(absl::StrCat("the GPU failed and needs a restart of the server: ", s.message()));
-  }
-  return s;
+  return Guarded([&] { return DrawImpl(draws, out); });
 }
 
 absl::Status CudaBackend::DrawImpl(absl::Span<const DeviceDraw> draws, absl::Span<SampleResult> out) {
