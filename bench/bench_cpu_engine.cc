@@ -14,17 +14,16 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "bench/bench_util.h"
 #include "nlohmann/json.hpp"
-#include "absl/strings/str_split.h"
 #include "engine/cpu_backend.h"
 #include "engine/weights.h"
 #include "kernels/cpu/linear.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using gdnserve::bench::Clock;
+using gdnserve::bench::Since;
 
 // Best of several sgemm runs at a size where BLAS is at its peak.
 double MeasureGemmFlops() {
@@ -65,13 +64,8 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefill = std::stoi(next());
     else if (a == "--decode-steps") steps = std::stoi(next());
     else if (a == "--json") json_path = next();
-    else if (a == "--batches") {
-      batches.clear();
-      for (absl::string_view p : absl::StrSplit(next(), ',')) {
-        int v;
-        if (absl::SimpleAtoi(p, &v)) batches.push_back(v);
-      }
-    } else {
+    else if (a == "--batches") batches = gdnserve::bench::ParseInts(next());
+    else {
       std::printf("usage: bench_cpu_engine --model DIR [--prefill N] [--decode-steps N] [--batches 1,16] [--json FILE]\n");
       return a == "--help" ? 0 : 1;
     }

@@ -19,8 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
 #include "bench/random_weights.h"
 #include "engine/cuda_backend.h"
 #include "engine/weights.h"
@@ -28,8 +27,9 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using gdnserve::bench::Clock;
+using gdnserve::bench::ParseInts;
+using gdnserve::bench::Since;
 
 #define CHECK_CUDA(x)                                                                 \
   do {                                                                                \
@@ -104,15 +104,6 @@ double MeasureBf16GemmFlops() {
   cudaFree(b);
   cudaFree(c);
   return 2.0 * n * n * n / s;
-}
-
-std::vector<int> ParseInts(const std::string& s) {
-  std::vector<int> out;
-  for (absl::string_view p : absl::StrSplit(s, ',')) {
-    int v;
-    if (absl::SimpleAtoi(p, &v)) out.push_back(v);
-  }
-  return out;
 }
 
 size_t DeviceUsed() {
