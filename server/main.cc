@@ -276,11 +276,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, gdnserve::metrics:
                       "%.2fM parameters; loaded in %.2f s",
                       name, config.architecture, config.num_layers, config.hidden_size, config.num_heads,
                       config.head_dim, config.num_v_heads, config.vocab_size, params / 1e6, SecondsSince(t0)));
-  Log(absl::StrFormat("device %s%s: %d state slots x %.3f MB per sequence = %.2f MB", m.backend->name(),
-                      m.backend->name() != "cpu" ? ""
-                      : absl::GetFlag(FLAGS_threads) == 0
-                          ? " (all threads)"
-                          : " (" + std::to_string(absl::GetFlag(FLAGS_threads)) + " threads)",
+  std::string threads;  // the CPU backend's thread count
+  if (m.backend->name() == "cpu") {
+    const int n = absl::GetFlag(FLAGS_threads);
+    threads = n == 0 ? " (all threads)" : absl::StrFormat(" (%d threads)", n);
+  }
+  Log(absl::StrFormat("device %s%s: %d state slots x %.3f MB per sequence = %.2f MB", m.backend->name(), threads,
                       slots, state_bytes / 1e6, slots * state_bytes / 1e6));
   Log(absl::StrFormat("limits: max-prompt-tokens %d, max-tokens-cap %d, step-token-budget %d, max-queue %d, n <= %d",
                       opts.max_prompt_tokens, opts.max_tokens_cap, opts.step_token_budget, opts.max_queue,
