@@ -21,7 +21,6 @@ namespace {
 
 using chunk_common::kC;
 using chunk_common::kMaxK;
-using chunk_common::Sigmoid;
 constexpr int kTileV = 64;    // value rows per block (a lane per row solves them)
 constexpr int kThreads = 256;
 
@@ -71,15 +70,7 @@ __global__ void __launch_bounds__(kThreads, 1) Gdn2ChunkKernel(Gdn2RecurrentArgs
     const int n = static_cast<int>(p1 - t0 < kC ? p1 - t0 : kC);
     // 1. Inputs of the chunk, activated; rows n..63 zero.
     chunk_common::LoadKeySide<kThreads>(a, t0, n, hk, ks, sQ, sK, sE, sG);
-    for (int i = tid; i < kC * kTileV; i += kThreads) {
-      const int t = i / kTileV, j = i % kTileV;
-      float z = 0.0f;
-      if (t < n && j < nv) {
-        const int64_t col = static_cast<int64_t>(hv) * V + v0 + j;
-        z = Sigmoid(a.w[(t0 + t) * a.w_stride + col]) * a.v[(t0 + t) * a.v_stride + col];
-      }
-      sZ[t * zs + j] = z;
-    }
+    chunk_common::LoadValues<kThreads, kTileV>(a, t0, n, hv, v0, nv, sZ, zs);
     __syncthreads();
     // Inclusive cumulative decay per channel.
     chunk_common::CumulativeDecay<kThreads>(sG, ks, n, K, sGC);

@@ -58,6 +58,22 @@ __device__ void LoadKeySide(const Gdn2RecurrentArgs& a, int64_t t0, int n, int h
   }
 }
 
+// Z = sigmoid(w) * v for the chunk's n tokens from t0, value head hv,
+// columns [v0, v0 + nv), into sZ [kC][zs]; other entries zero.
+template <int kThreads, int kTileV>
+__device__ void LoadValues(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hv, int v0, int nv, float* sZ,
+                           int zs) {
+  for (int i = threadIdx.x; i < kC * kTileV; i += kThreads) {
+    const int t = i / kTileV, j = i % kTileV;
+    float z = 0.0f;
+    if (t < n && j < nv) {
+      const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + j;
+      z = Sigmoid(a.w[(t0 + t) * a.w_stride + col]) * a.v[(t0 + t) * a.v_stride + col];
+    }
+    sZ[t * zs + j] = z;
+  }
+}
+
 // sG rows (stride ks) <- the inclusive cumulative sum over the chunk's n
 // tokens, rows n..kC-1 the total; sGC <- the total (G_C).
 template <int kThreads>

@@ -28,7 +28,6 @@ namespace {
 
 using chunk_common::kC;
 using chunk_common::kMaxK;
-using chunk_common::Sigmoid;
 constexpr int kTileV = 32;
 constexpr int kThreads1 = 256;
 constexpr int kThreads2 = 256;
@@ -242,15 +241,7 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
       sT[t * as + s] = iT[i];
     }
     for (int c = tid; c < K; c += kThreads2) sD[c] = iD[c];
-    for (int i = tid; i < kC * kTileV; i += kThreads2) {
-      const int t = i / kTileV, j = i % kTileV;
-      float z = 0.0f;
-      if (t < n && j < nv) {
-        const int64_t col = static_cast<int64_t>(hv) * V + v0 + j;
-        z = Sigmoid(a.w[(t0 + t) * a.w_stride + col]) * a.v[(t0 + t) * a.v_stride + col];
-      }
-      sZ[t * zs + j] = z;
-    }
+    chunk_common::LoadValues<kThreads2, kTileV>(a, t0, n, hv, v0, nv, sZ, zs);
     __syncthreads();
     // N = T Z - W S0 and O1 = Q~ S0.
     for (int i = tid; i < kC * kTileV; i += kThreads2) {
