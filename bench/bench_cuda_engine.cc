@@ -8,6 +8,7 @@
 //
 //   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]
 //                     [--prefill 2048,8192] [--prefill-seqs 1,8] [--chunk 8192] [--steps 30] [--json FILE]
+//                     [--only decode|prefill]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -115,13 +116,13 @@ size_t DeviceUsed() {
 const char* kUsage =
     "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]\n"
     "                         [--prefill 2048,8192,32768,65536] [--prefill-seqs 1,8] [--chunk 8192]\n"
-    "                         [--steps 30] [--json FILE]\n"
+    "                         [--steps 30] [--json FILE] [--only decode|prefill]\n"
     "Times the CUDA backend against this GPU's measured copy bandwidth and bf16 GEMM rate.\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, shape = "gdn2_1.3b", json_path;
+  std::string model, shape = "gdn2_1.3b", json_path, only;
   bool f32 = false;
   std::vector<int> batches = {1, 4, 8, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
   int chunk = 8192, steps = 30;
@@ -137,11 +138,17 @@ int main(int argc, char** argv) {
     else if (a == "--chunk") chunk = std::stoi(next());
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--json") json_path = next();
+    else if (a == "--only") only = next();
     else {
       std::fputs(kUsage, a == "--help" ? stdout : stderr);
       return a == "--help" ? 0 : 1;
     }
   }
+  if (!only.empty() && only != "decode" && only != "prefill") {
+    std::fprintf(stderr, "bench_cuda_engine: --only takes decode or prefill, not %s\n", only.c_str());
+    return 1;
+  }
+  if (only == "prefill") batches = {1};
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
     std::fprintf(stderr, "bench_cuda_engine: no CUDA device\n");
@@ -214,6 +221,7 @@ int main(int argc, char** argv) {
   int64_t state_bytes = 0;
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts
   for (const bool graphs : {false, true}) {
+    if (only == "prefill") break;
     backend.reset();
     auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs});
     if (!created.ok()) fail(created.status());
@@ -276,6 +284,7 @@ int main(int argc, char** argv) {
       2.0 * (params - embed_params - (cfg.tie_word_embeddings ? 0 : embed_params));
   enum class Kernel { kRecurrent, kChunked, kChunkedWY };
   for (const Kernel kernel : {Kernel::kRecurrent, Kernel::kChunked, Kernel::kChunkedWY}) {
+    if (only == "decode") break;
     const bool chunked = kernel != Kernel::kRecurrent;
     backend.reset();
     auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch,
@@ -287,7 +296,7 @@ int main(int argc, char** argv) {
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n",
-                kernel == Kernel::kChunkedWY ? "three-phase chunkwise" : chunked ? "chunkwise" : "token-by-token",
+                kernel == Kernel::kChunkedWY ? "tensor-core chunkwise" : chunked ? "one-pass chunkwise" : "token-by-token",
                 flops / layer_flops_per_token);
     std::printf("%6s %8s %10s %14s %10s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "x floor", "GPU GB");
     {

@@ -572,7 +572,8 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
     }
   }
   if (options_.chunked_wy && split_.num_chunk > 0) {
-    const size_t bytes = cuda::Gdn2ChunkedWYWorkspaceBytes(T, P, cfg_.num_heads, cfg_.head_dim);
+    const size_t bytes = cuda::Gdn2ChunkedWYWorkspaceBytes(T, P, cfg_.num_heads, cfg_.num_v_heads, cfg_.head_dim,
+                                                           cfg_.head_v_dim);
     if (bytes > chunk_ws_.bytes()) ++workspace_gen_;  // captured graphs hold the old pointer
     if (absl::Status s = chunk_ws_.Reserve(bytes); !s.ok()) return s;
   }
@@ -817,7 +818,10 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       c.num_listed = split_.num_chunk;
     }
     if (options_.chunked_wy) {
-      GDN_CUDA_RETURN(cuda::Gdn2ChunkedWY(c, chunk_ws_.get(), chunk_ws_.bytes(), stream_));
+      // bf16 weights: TF32 products are well inside the bf16 model's error;
+      // float32 weights keep float32 accuracy (three TF32 products).
+      const cuda::ChunkMath math = options_.bf16 ? cuda::ChunkMath::kTf32 : cuda::ChunkMath::kTf32x3;
+      GDN_CUDA_RETURN(cuda::Gdn2ChunkedWY(c, math, chunk_ws_.get(), chunk_ws_.bytes(), stream_));
     } else {
       GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
     }

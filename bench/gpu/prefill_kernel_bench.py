@@ -5,14 +5,18 @@
 Issue 6's shapes (H = HV = 16, K = V = 128; sequences x tokens: 1 x 65536,
 8 x 8192, 32 x 2048, 256 x 512), packed with cu_seqlens, fresh zero states in
 slots, raw gate inputs (gates, q/k L2 norms in the kernels), float32 inputs
-and outputs for every implementation (ours take float32). Timed (median of
+and outputs (what the engine passes; ours take float32). Timed (median of
 CUDA-event timings after a warm-up): ours token by token (Gdn2Recurrent), our
-one-pass chunkwise kernel (Gdn2Chunked), our three-phase chunkwise kernel
-(Gdn2ChunkedWY), fla-core 0.6.0 `chunk_gdn2` (Triton), and fla's pure-PyTorch
-`naive_chunk_gdn2` as the floor-of-effort baseline where it runs. Outputs and
-final states of each are compared with ours token by token. Also prints the
-op's floors on the measured copy bandwidth (bytes: float32 inputs q, k, g, b,
-v, w and output once, state in and out once per sequence).
+one-pass float32 chunkwise kernel (Gdn2Chunked), our tensor-core chunkwise
+kernel (Gdn2ChunkedWY) in TF32 and in split TF32 x 3, fla-core 0.6.0
+`chunk_gdn2` (Triton) on the same float32 inputs and on bf16 inputs, and
+fla's pure-PyTorch `naive_chunk_gdn2` (gates and norms applied first in
+PyTorch) as the floor-of-effort baseline: it materialises C x C x K decay
+tensors, so it runs on at most 8192 tokens and its time is scaled to the
+shape's tokens (it is linear in them). Outputs and final states are compared
+with ours token by token. Also prints the op's floors on the measured copy
+bandwidth (bytes: inputs q, k, g, b, v, w and output once, state in and out
+once per sequence), for float32 and for bf16 inputs and outputs.
 """
 import argparse
 import ctypes
@@ -53,7 +57,7 @@ def main() -> int:
                    I64, P, I64, P, I64, P]
     fn.restype = ctypes.c_int
     wsb = lib.gdn2_cuda_chunked_wy_workspace_bytes
-    wsb.argtypes = [I64, I32, I32, I32]
+    wsb.argtypes = [I64, I32, I32, I32, I32, I32]
     wsb.restype = ctypes.c_int64
     try:
         from fla.ops.gdn2 import chunk_gdn2
@@ -88,12 +92,13 @@ def main() -> int:
         start = cu.to(torch.int32)
         slots = torch.arange(N, device=dev, dtype=torch.int32)
         scale = K ** -0.5
-        ws_bytes = wsb(T, N, H, K)
+        ws_bytes = wsb(T, N, H, HV, K, V)
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=dev)
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         # Floors: every input and the output once (float32), state in + out once per sequence.
         io_bytes = T * 4 * (H * K * 4 + HV * V * 3) + N * HV * V * K * 4 * 2
         floor_s = io_bytes / bw
+        floor_bf16_s = (T * 2 * (H * K * 4 + HV * V * 3) + N * HV * V * K * 4 * 2) / bw
 
         results = {}
         outs = {}
@@ -112,7 +117,8 @@ def main() -> int:
                     raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
             return run, out, pool
 
-        for name, kernel in [("ours token-by-token", 0), ("ours chunk (one pass)", 1), ("ours chunk (3 phases)", 2)]:
+        for name, kernel in [("ours token-by-token", 0), ("ours chunk (one pass)", 1), ("ours chunk TC (tf32)", 2),
+                             ("ours chunk TC (3xtf32)", 3)]:
             run, out, pool = ours(kernel)
             try:
                 results[name] = timed(run, args.reps if kernel else 1)
@@ -123,36 +129,59 @@ def main() -> int:
                 print(f"{shape} {name}: {e}", file=sys.stderr)
         bg, wg = torch.sigmoid(b_raw), torch.sigmoid(w_raw)
 
-        def fla_op(op):  # fla's chunk ops share one signature: activated erase/write gates, raw decay
+        def fla_op(op, dtype=torch.float32):  # activated erase/write gates, raw decay
             init = torch.zeros(N, HV, V, K, device=dev)
-            return op(q[None], k[None], v[None], g[None], bg[None], wg[None], scale=scale, initial_state=init,
-                      output_final_state=True, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
-                      cu_seqlens=cu, state_v_first=True, A_log=a_log, dt_bias=dt_bias)
+            x = [t.to(dtype)[None] for t in (q, k, v, g, bg, wg)]
+            return op(*x, scale=scale, initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                      use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log, dt_bias=dt_bias)
 
         if chunk_gdn2 is not None:
-            def fla():
-                return fla_op(chunk_gdn2)
-            try:
-                with torch.inference_mode():
-                    results["fla chunk_gdn2"] = timed(fla, args.reps)
-                    o, st = fla()
-                torch.cuda.synchronize()
-                outs["fla chunk_gdn2"] = (o[0].float(), st.float())
-            except Exception as e:  # noqa: BLE001
-                print(f"{shape} fla chunk_gdn2: {e}", file=sys.stderr)
-        if naive_chunk_gdn2 is not None and N <= 8:  # it loops over sequences in Python
+            for name, dtype in [("fla chunk_gdn2", torch.float32), ("fla chunk_gdn2 (bf16 io)", torch.bfloat16)]:
+                def fla():
+                    return fla_op(chunk_gdn2, dtype)
+                try:
+                    with torch.inference_mode():
+                        results[name] = timed(fla, args.reps)
+                        o, st = fla()
+                    torch.cuda.synchronize()
+                    outs[name] = (o[0].float(), st.float())
+                except Exception as e:  # noqa: BLE001
+                    print(f"{shape} {name}: {e}", file=sys.stderr)
+        if naive_chunk_gdn2 is not None:
+            # Equal lengths: a [n, L'] batch of the first sequences (L' <= 8192 tokens of each).
+            n_seq = max(1, min(N, 8192 // L))
+            L2 = min(L, 8192)
+
+            def first(x):
+                return x[:N * L].view(N, L, *x.shape[1:])[:n_seq, :L2]
+
+            def l2(x):
+                return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+            gl = -torch.exp(a_log)[:, None] * torch.nn.functional.softplus(g + dt_bias.view(H, K))
+            nq, nk = l2(first(q)), l2(first(k))
+            ng, nb, nv, nw = first(gl), first(bg), first(v), first(wg)
+
             def naive():
-                return fla_op(naive_chunk_gdn2)
+                return naive_chunk_gdn2(nq, nk, nv, ng, nb, nw, scale=scale, output_final_state=True)
             try:
                 with torch.inference_mode():
-                    results["torch naive_chunk_gdn2"] = timed(naive, 1)
+                    sec = timed(naive, 1)
+                    o, _ = naive()
+                results["torch naive_chunk_gdn2"] = sec * T / (n_seq * L2)
+                ref0 = outs.get("ours token-by-token")
+                if ref0 is not None:
+                    want = ref0[0].view(N, L, HV, V)[:n_seq, :L2]
+                    print(f"{shape} naive_chunk_gdn2 on {n_seq} x {L2} tokens: {sec * 1e3:.1f} ms, out err "
+                          f"{rel_err(o.float(), want):.1e}")
             except Exception as e:  # noqa: BLE001
                 print(f"{shape} naive_chunk_gdn2: {e}", file=sys.stderr)
 
         ref = outs.get("ours token-by-token")
-        print(f"\n{N} x {L} tokens ({T} in all); op floor {floor_s * 1e3:.3f} ms = {T / floor_s / 1e6:.1f} M tokens/s")
+        print(f"\n{N} x {L} tokens ({T} in all); op floor {floor_s * 1e3:.3f} ms = {T / floor_s / 1e6:.1f} M tokens/s "
+              f"(bf16 io: {floor_bf16_s * 1e3:.3f} ms)")
         print(f"{'implementation':>26} {'ms':>10} {'M tok/s':>9} {'x floor':>8} {'out err':>9} {'state err':>9}")
-        row = dict(sequences=N, tokens_per_sequence=L, floor_seconds=floor_s, copy_bytes_per_s=bw, results={})
+        row = dict(sequences=N, tokens_per_sequence=L, floor_seconds=floor_s, floor_bf16_seconds=floor_bf16_s,
+                   copy_bytes_per_s=bw, results={})
         for name, sec in results.items():
             oe = se = float("nan")
             if ref is not None and name in outs:

@@ -7,8 +7,9 @@
 # Needs, carried with the tree: .deps (scripts/fetch_device_deps.sh), .whl
 # (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
 # --suite tests --out tests/out/models: the machine has no spm_train).
-#   bash bench/gpu/run_device.sh [tests|bench|kernel|prefill|all]   (default all; kernel / prefill: the decode /
-#   prefill kernels vs fla only)
+#   bash bench/gpu/run_device.sh [MODE[,MODE...]]   (default all)
+# Modes: tests; bench (engine decode + prefill, both kernel benches); kernel / prefill (the decode / prefill
+# kernel vs fla); engine-decode / engine-prefill (one half of the engine bench); all.
 set -uo pipefail
 what=${1:-all}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,7 +26,12 @@ cmake --build build/engine-only -j "$(nproc)" --target cuda_smoke_test cuda_kern
   bench_cuda_engine gdn_cuda_capi > "$out/build.log" 2>&1 || { grep -E "error|Error" "$out/build.log" | head -40; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 rc=0
-if [[ $what == tests || $what == all ]]; then
+want() {  # want MODE...: true when any named mode (or all) was asked for
+  local m
+  for m in all "$@"; do [[ ",$what," == *",$m,"* ]] && return 0; done
+  return 1
+}
+if want tests; then
   export GDNSERVE_TEST_MODELS=$root/tests/out/models
   for t in cuda_smoke_test cuda_kernels_test cuda_backend_test; do
     timeout 300 build/engine-only/tests/$t > "$out/$t.log" 2>&1
@@ -35,14 +41,18 @@ if [[ $what == tests || $what == all ]]; then
     [[ $r == 0 ]] || rc=1
   done
 fi
-if [[ $what == bench || $what == all ]]; then
+if want bench || { want engine-decode && want engine-prefill; }; then
   timeout 420 build/engine-only/bench/bench_cuda_engine --json "$out/engine_bench.json" 2>&1 | tee "$out/engine_bench.log"
+elif want engine-decode engine-prefill; then
+  only=$(want engine-decode && echo decode || echo prefill)
+  timeout 420 build/engine-only/bench/bench_cuda_engine --only "$only" --json "$out/engine_$only.json" 2>&1 \
+    | tee "$out/engine_$only.log"
 fi
-if [[ $what == bench || $what == all || $what == kernel ]]; then
+if want bench kernel; then
   timeout 120 python3 bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --batches 1,4,16,64,256 --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
 fi
-if [[ $what == bench || $what == all || $what == prefill ]]; then
+if want bench prefill; then
   timeout 240 python3 bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
 fi

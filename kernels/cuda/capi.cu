@@ -68,8 +68,8 @@ extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_st
 }
 
 // Prefill: kernel 0 token by token (Gdn2Recurrent), 1 the one-pass chunkwise
-// kernel (Gdn2Chunked), 2 the three-phase one (Gdn2ChunkedWY, with
-// `workspace` of gdn2_cuda_chunked_wy_workspace_bytes).
+// kernel (Gdn2Chunked), 2 / 3 the tensor-core one (Gdn2ChunkedWY) in TF32 /
+// split TF32 x 3, with `workspace` of gdn2_cuda_chunked_wy_workspace_bytes.
 extern "C" int gdn2_cuda_prefill(int kernel, const float* q, const float* k, int64_t qk_stride, const float* v,
                                  int64_t v_stride, const float* g, int64_t g_stride, const float* b,
                                  int64_t b_stride, const float* w, int64_t w_stride, const float* a_log,
@@ -85,12 +85,15 @@ extern "C" int gdn2_cuda_prefill(int kernel, const float* q, const float* k, int
     case 0: return static_cast<int>(gdnserve::cuda::Gdn2Recurrent(a, s));
     case 1: return static_cast<int>(gdnserve::cuda::Gdn2Chunked(a, s));
     case 2:
-      return static_cast<int>(
-          gdnserve::cuda::Gdn2ChunkedWY(a, workspace, static_cast<size_t>(workspace_bytes), s));
+    case 3:
+      return static_cast<int>(gdnserve::cuda::Gdn2ChunkedWY(
+          a, kernel == 2 ? gdnserve::cuda::ChunkMath::kTf32 : gdnserve::cuda::ChunkMath::kTf32x3, workspace,
+          static_cast<size_t>(workspace_bytes), s));
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
 }
 
-extern "C" int64_t gdn2_cuda_chunked_wy_workspace_bytes(int64_t num_tokens, int num_pieces, int H, int K) {
-  return static_cast<int64_t>(gdnserve::cuda::Gdn2ChunkedWYWorkspaceBytes(num_tokens, num_pieces, H, K));
+extern "C" int64_t gdn2_cuda_chunked_wy_workspace_bytes(int64_t num_tokens, int num_pieces, int H, int HV, int K,
+                                                        int V) {
+  return static_cast<int64_t>(gdnserve::cuda::Gdn2ChunkedWYWorkspaceBytes(num_tokens, num_pieces, H, HV, K, V));
 }

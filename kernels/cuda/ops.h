@@ -100,15 +100,19 @@ cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 cudaError_t Gdn2Chunked(const Gdn2RecurrentArgs& args, cudaStream_t stream);
 bool Gdn2ChunkSupported(int K);
 
-// The same result in three phases (kernels/cuda/gdn2_chunk_wy.cu): the
-// key-side work of every chunk in parallel, then only the state's passage
-// from chunk to chunk in sequence, split over tiles of value columns, so one
-// long sequence fills the GPU. float32, K <= 128, any V; ~183 KiB of shared
-// memory per block at K = 128. `workspace` (256-byte aligned, device) holds
-// the chunk table and the per-chunk factors: Gdn2ChunkedWYWorkspaceBytes.
-cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& args, void* workspace, size_t workspace_bytes,
+// The same result on tensor cores in two parallel phases
+// (kernels/cuda/gdn2_chunk_wy.cu): the work that depends only on a chunk's
+// own inputs for every chunk at once (the WY factors W = T E~, U = T Z), then
+// only the state's passage from chunk to chunk, split over tiles of value
+// columns, so that one long sequence fills the GPU. K <= 128, any V; up to
+// ~215 KiB of shared memory per block (Gdn2ChunkedWYSupported). `workspace`
+// (256-byte aligned, device) holds the chunk table and the per-chunk factors:
+// Gdn2ChunkedWYWorkspaceBytes. Products in TF32 (relative error ~1e-4..1e-3)
+// or, with kTf32x3, split in three TF32 products for float32 accuracy.
+enum class ChunkMath { kTf32, kTf32x3 };
+cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& args, ChunkMath math, void* workspace, size_t workspace_bytes,
                           cudaStream_t stream);
-size_t Gdn2ChunkedWYWorkspaceBytes(int64_t num_tokens, int num_pieces, int H, int K);
+size_t Gdn2ChunkedWYWorkspaceBytes(int64_t num_tokens, int num_pieces, int H, int HV, int K, int V);
 bool Gdn2ChunkedWYSupported(int K);
 
 // out = o / sqrt(mean(o^2) + eps) * weight * silu(z + z_bias), per value head
