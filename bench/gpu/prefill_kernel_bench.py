@@ -12,7 +12,7 @@ kernel (Gdn2ChunkedWY) in TF32 and in split TF32 x 3, fla-core 0.6.0
 `chunk_gdn2` (Triton) on the same float32 inputs and on bf16 inputs, and
 fla's pure-PyTorch `naive_chunk_gdn2` (gates and norms applied first in
 PyTorch) as the floor-of-effort baseline: it materialises C x C x K decay
-tensors, so it runs on at most 8192 tokens and its time is scaled to the
+tensors, so it runs on at most 2048 tokens and its time is scaled to the
 shape's tokens (it is linear in them). Outputs and final states are compared
 with ours token by token. Also prints the op's floors on the measured copy
 bandwidth (bytes: inputs q, k, g, b, v, w and output once, state in and out
@@ -47,8 +47,14 @@ def main() -> int:
     ap.add_argument("--lib", required=True, help="path to libgdn_cuda_capi.so")
     ap.add_argument("--shapes", default="1x65536,8x8192,32x2048,256x512", help="sequences x tokens, comma-separated")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--impls", default="all",
+                    help="all, or a comma list of: recurrent, onepass, tc, tc3, fla, naive (profiling runs)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    impls = set(args.impls.split(","))
+
+    def want(name: str) -> bool:
+        return "all" in impls or name in impls
 
     lib = ctypes.CDLL(args.lib)
     fn = lib.gdn2_cuda_prefill
@@ -117,8 +123,10 @@ def main() -> int:
                     raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
             return run, out, pool
 
-        for name, kernel in [("ours token-by-token", 0), ("ours chunk (one pass)", 1), ("ours chunk TC (tf32)", 2),
-                             ("ours chunk TC (3xtf32)", 3)]:
+        for name, kernel, key in [("ours token-by-token", 0, "recurrent"), ("ours chunk (one pass)", 1, "onepass"),
+                                  ("ours chunk TC (tf32)", 2, "tc"), ("ours chunk TC (3xtf32)", 3, "tc3")]:
+            if not want(key):
+                continue
             run, out, pool = ours(kernel)
             try:
                 results[name] = timed(run, args.reps if kernel else 1)
@@ -135,7 +143,7 @@ def main() -> int:
             return op(*x, scale=scale, initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True,
                       use_gate_in_kernel=True, cu_seqlens=cu, state_v_first=True, A_log=a_log, dt_bias=dt_bias)
 
-        if chunk_gdn2 is not None:
+        if chunk_gdn2 is not None and want("fla"):
             for name, dtype in [("fla chunk_gdn2", torch.float32), ("fla chunk_gdn2 (bf16 io)", torch.bfloat16)]:
                 def fla():
                     return fla_op(chunk_gdn2, dtype)
@@ -147,10 +155,10 @@ def main() -> int:
                     outs[name] = (o[0].float(), st.float())
                 except Exception as e:  # noqa: BLE001
                     print(f"{shape} {name}: {e}", file=sys.stderr)
-        if naive_chunk_gdn2 is not None:
+        if naive_chunk_gdn2 is not None and want("naive"):
             # Equal lengths: a [n, L'] batch of the first sequences (L' <= 8192 tokens of each).
-            n_seq = max(1, min(N, 8192 // L))
-            L2 = min(L, 8192)
+            n_seq = max(1, min(N, 2048 // L))
+            L2 = min(L, 2048)
 
             def first(x):
                 return x[:N * L].view(N, L, *x.shape[1:])[:n_seq, :L2]
