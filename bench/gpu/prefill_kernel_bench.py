@@ -48,7 +48,8 @@ def main() -> int:
     ap.add_argument("--shapes", default="1x65536,8x8192,32x2048,256x512", help="sequences x tokens, comma-separated")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impls", default="all",
-                    help="all, or a comma list of: recurrent, onepass, tc, tc3, fla, naive (profiling runs)")
+                    help="all, or a comma list of: recurrent, onepass, tc, tc3, tile16, tile32, tile64 (tc with that "
+                         "value tile), fla, naive")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     impls = set(args.impls.split(","))
@@ -60,7 +61,7 @@ def main() -> int:
     fn = lib.gdn2_cuda_prefill
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     fn.argtypes = [I32, P, P, I64, P, I64, P, I64, P, I64, P, I64, P, P, F32, I32, I32, I32, I32, P, I64, P, P, I32,
-                   I64, P, I64, P, I64, P]
+                   I64, P, I64, P, I64, P, I32]
     fn.restype = ctypes.c_int
     wsb = lib.gdn2_cuda_chunked_wy_workspace_bytes
     wsb.argtypes = [I64, I32, I32, I32, I32, I32]
@@ -109,7 +110,7 @@ def main() -> int:
         results = {}
         outs = {}
 
-        def ours(kernel: int):
+        def ours(kernel: int, tile: int = 0):
             pool = torch.zeros(N, HV, V, K, device=dev)
             out = torch.empty(T, HV, V, device=dev)
 
@@ -118,16 +119,18 @@ def main() -> int:
                 rc = fn(kernel, q.data_ptr(), k.data_ptr(), H * K, v.data_ptr(), HV * V, g.data_ptr(), H * K,
                         b_raw.data_ptr(), H * K, w_raw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(),
                         scale, H, HV, K, V, pool.data_ptr(), HV * V * K, start.data_ptr(), slots.data_ptr(), N, T,
-                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream)
+                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream, tile)
                 if rc != 0:
                     raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
             return run, out, pool
 
-        for name, kernel, key in [("ours token-by-token", 0, "recurrent"), ("ours chunk (one pass)", 1, "onepass"),
-                                  ("ours chunk TC (tf32)", 2, "tc"), ("ours chunk TC (3xtf32)", 3, "tc3")]:
-            if not want(key):
+        variants = [("ours token-by-token", 0, 0, "recurrent"), ("ours chunk (one pass)", 1, 0, "onepass"),
+                    ("ours chunk TC (tf32)", 2, 0, "tc"), ("ours chunk TC (3xtf32)", 3, 0, "tc3")]
+        variants += [(f"ours chunk TC (tf32, tile {v})", 2, v, f"tile{v}") for v in (16, 32, 64)]
+        for name, kernel, tile, key in variants:
+            if not want(key) or (tile and "all" in impls):
                 continue
-            run, out, pool = ours(kernel)
+            run, out, pool = ours(kernel, tile)
             try:
                 results[name] = timed(run, args.reps if kernel else 1)
                 run()

@@ -54,6 +54,6 @@ if want bench kernel; then
 fi
 if want bench prefill; then
   timeout 240 python3 bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
-    --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
+    --impls "${PREFILL_IMPLS:-all}" --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
 fi
 exit $rc

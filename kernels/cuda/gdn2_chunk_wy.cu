@@ -38,7 +38,7 @@ namespace {
 using chunk_common::kC;
 using chunk_common::kMaxK;
 constexpr int kSub = 16;  // sub-chunk
-constexpr int kThreads1 = 512;
+constexpr int kThreads1 = 256;
 constexpr int kThreads2 = 256;
 
 __host__ __device__ constexpr int RoundUp(int x, int m) { return (x + m - 1) / m * m; }
@@ -183,132 +183,195 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 }
 
 // ---------------------------------------------------------------------------
-// Phase 1. Shared memory (floats), ks = Kp + 4, as = kC + 4:
-//   Q, K, E, G [kC][ks]; scratch [3 kSub][ks] (K' rows; later Z); A, M, T [kC][as]; G_C, block sums.
+// Phase 1, a block per (chunk, key head), channels in slices of kSl so that
+// two blocks fit an SM. Shared memory (floats), row strides ss = kSl + 4 and
+// as = kC + 4: Q, K, E, G [kC][ss] (one slice); K' [6 kSub][ss] (sub-chunk
+// rows 1..3 stacked, later T's scratch, then Z); A, M, T [kC][as]; the q/k
+// norm factors [2][kC]; sub-chunk decay sums [4][kSl].
+//   Pass 0: the q/k norm factors of the chunk's tokens.
+//   Pass 1, per slice: gates; G; the diagonal 16 x 16 blocks of A and M
+//     pairwise (partial sums added in shared memory); the blocks below on
+//     tensor cores as (e_t e^(G_t - G_r)) . (k_i e^(G_r - G_i)), r the last
+//     token before the row's sub-chunk (accumulators kept in registers).
+//   T = (I + A)^-1 by blocked forward substitution, float32; M out.
+//   Pass 2, per slice (inputs again, from L2): Q~, K^, e^(G_C) out, W = T E~.
+//   U = T Z per value head, kSl value columns at a time.
+constexpr int kSl = 32;
 struct Smem1 {
-  static constexpr int As = kC + 4;
-  static constexpr size_t Floats(int Kp) {
-    return (4 * kC + 3 * kSub) * static_cast<size_t>(Kp + 4) + 3 * kC * As + Kp + 4 * kMaxK;
-  }
+  static constexpr int Ss = kSl + 4, As = kC + 4;
+  static constexpr size_t Floats() { return (4 * kC + 6 * kSub) * Ss + 3 * kC * As + 2 * kC + 4 * kSl; }
 };
 
+// A slice [c0, c0 + ns) of the chunk's inputs: q^, k^ (norm factors rq, rk),
+// e = b * k^, g; then G (inclusive cumulative sums; rows n.. the total).
+// Rows n.. and channels K.. zero (G: no decay). Ends with a barrier.
+template <int kThreads>
+__device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0, int ns,
+                             const float* rq, const float* rk, float* sQ, float* sK, float* sE, float* sG,
+                             float* sSum) {
+  constexpr int ss = Smem1::Ss;
+  const int K = a.K;
+  const float neg_a = -expf(a.a_log[hk]);
+  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
+  for (int i = threadIdx.x; i < kC * ns; i += kThreads) {
+    const int t = i / ns, c = i % ns, ch = c0 + c;
+    float q = 0.0f, k = 0.0f, e = 0.0f, g = 0.0f;
+    if (t < n && ch < K) {
+      const int64_t row = t0 + t, col = static_cast<int64_t>(hk) * K + ch;
+      q = a.q[row * a.qk_stride + col] * rq[t];
+      k = a.k[row * a.qk_stride + col] * rk[t];
+      e = chunk_common::Sigmoid(a.b[row * a.b_stride + col]) * bscale * k;
+      g = neg_a * chunk_common::Softplus(a.g[row * a.g_stride + col] + a.dt_bias[col]);
+    }
+    sQ[t * ss + c] = q;
+    sK[t * ss + c] = k;
+    sE[t * ss + c] = e;
+    sG[t * ss + c] = g;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 4 * ns; i += kThreads) {  // (channel, sub-chunk)
+    const int c = i % ns, s = i / ns;
+    float acc = 0.0f;
+    for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
+      acc += sG[t * ss + c];
+      sG[t * ss + c] = acc;
+    }
+    sSum[s * kSl + c] = acc;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 3 * ns; i += kThreads) {
+    const int c = i % ns, s = 1 + i / ns;
+    float off = 0.0f;
+    for (int r = 0; r < s; ++r) off += sSum[r * kSl + c];
+    for (int t = s * kSub; t < (s + 1) * kSub; ++t) sG[t * ss + c] += off;
+  }
+  __syncthreads();
+}
+
+// Off-diagonal tiles of A and M (16 x 8 each): 12 per matrix, sub-chunk row
+// s = 1 (2 tiles), 2 (4), 3 (6). K'(s) rows start at KOff(s) in the K' block.
+__device__ __forceinline__ int KOff(int s) { return s == 1 ? 0 : s == 2 ? kSub : 3 * kSub; }
+__device__ __forceinline__ void OffTile(int j, bool* is_m, int* s, int* n0) {
+  const int jj = j % 12;
+  *is_m = j >= 12;
+  *s = jj < 2 ? 1 : jj < 6 ? 2 : 3;
+  *n0 = (jj - (*s == 1 ? 0 : *s == 2 ? 2 : 6)) * 8;
+}
+
 template <ChunkMath kMath>
-__global__ void __launch_bounds__(kThreads1, 1) Phase1Kernel(Gdn2RecurrentArgs a, Layout l, Table tab) {
+__global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a, Layout l, Table tab) {
   extern __shared__ float smem[];
   const int chunk = blockIdx.x, hk = blockIdx.y;
   if (chunk >= *tab.num_chunks) return;
-  constexpr int as = Smem1::As;
-  constexpr int kWarps = kThreads1 / 32;
-  const int K = a.K, Kp = l.Kp, ks = Kp + 4;
+  constexpr int ss = Smem1::Ss, as = Smem1::As, kWarps = kThreads1 / 32;
+  constexpr int kTiles = 24 / kWarps;  // off-diagonal tiles a warp
+  const int K = a.K, Kp = l.Kp;
   float* sQ = smem;
-  float* sK = sQ + kC * ks;
-  float* sE = sK + kC * ks;
-  float* sG = sE + kC * ks;
-  float* sX = sG + kC * ks;  // scratch, 3 kSub rows
-  float* sA = sX + 3 * kSub * ks;
+  float* sK = sQ + kC * ss;
+  float* sE = sK + kC * ss;
+  float* sG = sE + kC * ss;
+  float* sX = sG + kC * ss;  // K' [6 kSub][ss]
+  float* sA = sX + 6 * kSub * ss;
   float* sM = sA + kC * as;
   float* sT = sM + kC * as;
-  float* sGC = sT + kC * as;
-  float* sSum = sGC + Kp;  // [4][kMaxK] sub-chunk decay sums
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  float* sR = sT + kC * as;  // rq [kC], rk [kC]
+  float* sSum = sR + 2 * kC;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
 
-  // 1. Gates and norms; rows n.. and columns K.. zero.
-  if (K < Kp) {
-    for (int i = tid; i < kC * (Kp - K); i += kThreads1) {
-      const int t = i / (Kp - K), c = K + i % (Kp - K);
-      sQ[t * ks + c] = sK[t * ks + c] = sE[t * ks + c] = sG[t * ks + c] = 0.0f;
-    }
-  }
-  chunk_common::LoadKeySide<kThreads1>(a, t0, n, hk, ks, sQ, sK, sE, sG);
-  __syncthreads();
-
-  // 2. G: inclusive cumulative sums, a thread per (channel, sub-chunk).
-  for (int i = tid; i < 4 * Kp; i += kThreads1) {
-    const int c = i % Kp, s = i / Kp;
-    float acc = 0.0f;
-    for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
-      acc += sG[t * ks + c];
-      sG[t * ks + c] = acc;
-    }
-    sSum[s * kMaxK + c] = acc;
-  }
-  __syncthreads();
-  for (int i = tid; i < 4 * Kp; i += kThreads1) {
-    const int c = i % Kp, s = i / Kp;
-    float off = 0.0f;
-    for (int r = 0; r < s; ++r) off += sSum[r * kMaxK + c];
-    if (s > 0) {
-      for (int t = s * kSub; t < (s + 1) * kSub; ++t) sG[t * ks + c] += off;
-    }
-    if (s == 3) sGC[c] = off + sSum[3 * kMaxK + c];
-  }
-  __syncthreads();
-
-  // 3. Diagonal blocks of A and M, pairwise decays: a warp per row, lanes
-  //    over channels, for every i <= t of the row's sub-chunk. Zero the rest.
-  for (int i = tid; i < kC * as; i += kThreads1) sA[i] = sM[i] = 0.0f;
-  __syncthreads();
+  // Pass 0: norm factors, a warp per token; A and M zero.
   for (int t = warp; t < kC; t += kWarps) {
-    const int i0 = t / kSub * kSub;
-    for (int i = i0; i <= t; ++i) {
-      float av = 0.0f, mv = 0.0f;
-      for (int c = lane; c < Kp; c += 32) {
-        const float kd = sK[i * ks + c] * __expf(sG[t * ks + c] - sG[i * ks + c]);
-        av += sE[t * ks + c] * kd;
-        mv += sQ[t * ks + c] * kd;
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        av += __shfl_xor_sync(0xffffffffu, av, o);
-        mv += __shfl_xor_sync(0xffffffffu, mv, o);
-      }
-      if (lane == 0) {
-        sA[t * as + i] = i == t ? 0.0f : av;
-        sM[t * as + i] = mv;
+    float qq = 0.0f, kk = 0.0f;
+    if (t < n) {
+      const float* q = a.q + (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
+      const float* k = a.k + (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
+      for (int c = lane; c < K; c += 32) {
+        qq += q[c] * q[c];
+        kk += k[c] * k[c];
       }
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      qq += __shfl_xor_sync(0xffffffffu, qq, o);
+      kk += __shfl_xor_sync(0xffffffffu, kk, o);
+    }
+    if (lane == 0) {
+      sR[t] = t < n ? a.scale / sqrtf(qq + 1e-6f) : 0.0f;
+      sR[kC + t] = t < n ? 1.0f / sqrtf(kk + 1e-6f) : 0.0f;
+    }
+  }
+  for (int i = tid; i < kC * as; i += kThreads1) sA[i] = sM[i] = 0.0f;
+
+  // Pass 1: A and M, slice by slice.
+  float acc[kTiles][1][4];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
+  for (int c0 = 0; c0 < Kp; c0 += kSl) {
+    const int ns = Kp - c0 < kSl ? Kp - c0 : kSl;  // 16 or 32
+    __syncthreads();  // norms ready; the previous slice done with
+    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, ns, sR, sR + kC, sQ, sK, sE, sG, sSum);
+    // Diagonal blocks, pairwise: a warp per row t, lane = (i within the
+    // sub-chunk, half of the slice's channels).
+    {
+      const int il = lane & 15, half = lane >> 4, hw = ns / 2;
+      for (int t = warp; t < kC; t += kWarps) {
+        const int i = t / kSub * kSub + il;
+        float av = 0.0f, mv = 0.0f;
+        if (i <= t) {
+          for (int c = half * hw; c < (half + 1) * hw; ++c) {
+            const float kd = sK[i * ss + c] * __expf(sG[t * ss + c] - sG[i * ss + c]);
+            av += sE[t * ss + c] * kd;
+            mv += sQ[t * ss + c] * kd;
+          }
+        }
+        av += __shfl_xor_sync(0xffffffffu, av, 16);
+        mv += __shfl_xor_sync(0xffffffffu, mv, 16);
+        if (half == 0 && i <= t) {
+          if (i < t) sA[t * as + i] += av;
+          sM[t * as + i] += mv;
+        }
+      }
+    }
+    __syncthreads();
+    // E' = e e^(G_t - G_r), Q' likewise (rows of sub-chunks 1..3, in place);
+    // K'(s)_i = k_i e^(G_r - G_i) for i < 16 s; r = 16 s - 1.
+    for (int i = tid; i < 3 * kSub * ns; i += kThreads1) {
+      const int t = kSub + i / ns, c = i % ns, r = t / kSub * kSub - 1;
+      const float f = __expf(sG[t * ss + c] - sG[r * ss + c]);
+      sE[t * ss + c] *= f;
+      sQ[t * ss + c] *= f;
+    }
+    for (int i = tid; i < 6 * kSub * ns; i += kThreads1) {
+      const int row = i / ns, c = i % ns;
+      const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
+      sX[row * ss + c] = sK[t * ss + c] * __expf(sG[r * ss + c] - sG[t * ss + c]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      bool is_m;
+      int s, n0;
+      OffTile(warp + j * kWarps, &is_m, &s, &n0);
+      WarpMma<1, false, true, kMath>(acc[j], is_m ? sQ : sE, ss, s * kSub, sX + KOff(s) * ss, ss, n0, 0, ns);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    bool is_m;
+    int s, n0;
+    OffTile(warp + j * kWarps, &is_m, &s, &n0);
+    float* dst = is_m ? sM : sA;
+    const int r = s * kSub + g, c = n0 + 2 * tq;
+    dst[r * as + c] = acc[j][0][0];
+    dst[r * as + c + 1] = acc[j][0][1];
+    dst[(r + 8) * as + c] = acc[j][0][2];
+    dst[(r + 8) * as + c + 1] = acc[j][0][3];
   }
   __syncthreads();
 
-  // 4. Rows of sub-chunk s >= 1 relative to r = 16 s - 1 (G_r), of s = 0 to
-  //    the chunk start: E' = e e^(G_t - G_r), Q' likewise (in place).
-  for (int i = tid; i < kC * Kp; i += kThreads1) {
-    const int t = i / Kp, c = i % Kp, s = t / kSub;
-    const float gr = s == 0 ? 0.0f : sG[(s * kSub - 1) * ks + c];
-    const float f = __expf(sG[t * ks + c] - gr);
-    sE[t * ks + c] *= f;
-    sQ[t * ks + c] *= f;
-  }
-  // 5. Blocks below the diagonal, sub-chunk row s = 1..3:
-  //    A[s][0..s) = E'_s K'^T, M likewise with Q', K'_i = k_i e^(G_r - G_i).
-  for (int s = 1; s < 4; ++s) {
-    const int r = s * kSub - 1, rows = s * kSub;
-    for (int i = tid; i < rows * Kp; i += kThreads1) {
-      const int t = i / Kp, c = i % Kp;
-      sX[t * ks + c] = sK[t * ks + c] * __expf(sG[r * ks + c] - sG[t * ks + c]);
-    }
-    __syncthreads();
-    // Jobs: (A or M) x column tiles of 8 over [0, rows).
-    for (int job = warp; job < 2 * (rows / 8); job += kWarps) {
-      const bool is_m = job >= rows / 8;
-      const int n0 = (job % (rows / 8)) * 8;
-      float acc[1][4];
-      ZeroAcc(acc);
-      WarpMma<1, false, true, kMath>(acc, is_m ? sQ : sE, ks, rows, sX, ks, n0, 0, Kp);
-      float* dst = is_m ? sM : sA;
-      const int g = lane >> 2, tq = lane & 3;
-      dst[(rows + g) * as + n0 + 2 * tq] = acc[0][0];
-      dst[(rows + g) * as + n0 + 2 * tq + 1] = acc[0][1];
-      dst[(rows + g + 8) * as + n0 + 2 * tq] = acc[0][2];
-      dst[(rows + g + 8) * as + n0 + 2 * tq + 1] = acc[0][3];
-    }
-    __syncthreads();
-  }
-
-  // 6. T = (I + A)^-1, float32. Diagonal blocks by forward substitution, a
-  //    thread per (block, column); the columns in registers.
+  // T = (I + A)^-1, float32. Diagonal blocks by forward substitution, a
+  // thread per (block, column), the column in registers; zero above.
   if (tid < 4 * kSub) {
     const int s = tid / kSub, j = tid % kSub, b = s * kSub;
     float x[kSub];
@@ -322,13 +385,13 @@ __global__ void __launch_bounds__(kThreads1, 1) Phase1Kernel(Gdn2RecurrentArgs a
 #pragma unroll
     for (int t = 0; t < kSub; ++t) sT[(b + t) * as + b + j] = x[t];
   }
-  for (int i = tid; i < kC * kC; i += kThreads1) {  // above the diagonal blocks: zero
+  for (int i = tid; i < kC * kC; i += kThreads1) {
     const int t = i / kC, j = i % kC;
     if (j / kSub > t / kSub) sT[t * as + j] = 0.0f;
   }
   __syncthreads();
-  //    Blocks below: T[s][b] = -T[s][s] sum_{c=b}^{s-1} A[s][c] T[c][b], row
-  //    block by row block. X [kSub][xs] goes to the scratch (free now).
+  // Blocks below: T[s][b] = -T[s][s] sum_{c=b}^{s-1} A[s][c] T[c][b], row
+  // block by row block; X [kSub][xs] in the K' space (free now).
   constexpr int xs = 3 * kSub + 4;
   for (int s = 1; s < 4; ++s) {
     for (int i = tid; i < s * kSub * kSub; i += kThreads1) {
@@ -347,73 +410,46 @@ __global__ void __launch_bounds__(kThreads1, 1) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
   }
 
-  // 7. E~ = E' e^(G_r), Q~ likewise; K^ = k e^(G_C - G).
-  for (int i = tid; i < kC * Kp; i += kThreads1) {
-    const int t = i / Kp, c = i % Kp, s = t / kSub;
-    if (s > 0) {
-      const float f = __expf(sG[(s * kSub - 1) * ks + c]);
-      sE[t * ks + c] *= f;
-      sQ[t * ks + c] *= f;
-    }
-    sK[t * ks + c] *= __expf(sGC[c] - sG[t * ks + c]);
-  }
-  __syncthreads();
-
-  // 8. Out: W = T E~ (tensor cores, lower triangular T), then Q~, K^, M, e^(G_C).
   float* out = tab.key + (static_cast<int64_t>(chunk) * l.H + hk) * l.KeyFloats();
   float* oW = out;
   float* oQ = oW + kC * Kp;
   float* oK = oQ + kC * Kp;
   float* oM = oK + kC * Kp;
   float* oD = oM + kC * kC;
-  {
-    const int g = lane >> 2, tq = lane & 3;
-    // Jobs: 4 row tiles x column groups of 32.
-    for (int job = warp; job < 4 * (Kp / 32 + (Kp % 32 ? 1 : 0)); job += kWarps) {
-      const int m0 = (job % 4) * 16, c0 = (job / 4) * 32;
-      if (c0 + 32 <= Kp) {
-        float acc[4][4];
-        ZeroAcc(acc);
-        WarpMma<4, false, false, kMath>(acc, sT, as, m0, sE, ks, c0, 0, m0 + 16);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int c = c0 + 8 * j + 2 * tq;
-          *reinterpret_cast<float2*>(&oW[(m0 + g) * Kp + c]) = make_float2(acc[j][0], acc[j][1]);
-          *reinterpret_cast<float2*>(&oW[(m0 + g + 8) * Kp + c]) = make_float2(acc[j][2], acc[j][3]);
-        }
-      } else {  // Kp % 32 == 16: the last 16 columns
-        float acc[2][4];
-        ZeroAcc(acc);
-        WarpMma<2, false, false, kMath>(acc, sT, as, m0, sE, ks, c0, 0, m0 + 16);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int c = c0 + 8 * j + 2 * tq;
-          *reinterpret_cast<float2*>(&oW[(m0 + g) * Kp + c]) = make_float2(acc[j][0], acc[j][1]);
-          *reinterpret_cast<float2*>(&oW[(m0 + g + 8) * Kp + c]) = make_float2(acc[j][2], acc[j][3]);
-        }
-      }
-    }
-  }
-  for (int i = tid; i < kC * Kp / 4; i += kThreads1) {
-    const int t = i / (Kp / 4), c = (i % (Kp / 4)) * 4;
-    reinterpret_cast<float4*>(oQ)[i] = make_float4(sQ[t * ks + c], sQ[t * ks + c + 1], sQ[t * ks + c + 2], sQ[t * ks + c + 3]);
-    reinterpret_cast<float4*>(oK)[i] = make_float4(sK[t * ks + c], sK[t * ks + c + 1], sK[t * ks + c + 2], sK[t * ks + c + 3]);
-  }
   for (int i = tid; i < kC * kC; i += kThreads1) oM[i] = sM[(i / kC) * as + i % kC];
-  for (int c = tid; c < Kp; c += kThreads1) oD[c] = c < K ? __expf(sGC[c]) : 0.0f;
-  __syncthreads();  // Q is free: it holds Z now
 
-  // 9. U = T Z for each value head of the group, up to 128 value columns at
-  //    a time, Z [kC][zs] over Q, K, E, G and the scratch (free now).
+  // Pass 2: Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out; W = T E~.
+  for (int c0 = 0; c0 < Kp; c0 += kSl) {
+    const int ns = Kp - c0 < kSl ? Kp - c0 : kSl;
+    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, ns, sR, sR + kC, sQ, sK, sE, sG, sSum);
+    for (int i = tid; i < kC * ns; i += kThreads1) {
+      const int t = i / ns, c = i % ns;
+      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
+      oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
+      oK[t * Kp + c0 + c] = sK[t * ss + c] * __expf(gc - gt);
+      sE[t * ss + c] *= f;
+      if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
+    }
+    __syncthreads();
+    for (int job = warp; job < 4 * (ns / 8); job += kWarps) {
+      const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
+      float w[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+      WarpMma<1, false, false, kMath>(w, sT, as, m0, sE, ss, n0, 0, m0 + 16);
+      const int c = c0 + n0 + 2 * tq;
+      *reinterpret_cast<float2*>(&oW[(m0 + g) * Kp + c]) = make_float2(w[0][0], w[0][1]);
+      *reinterpret_cast<float2*>(&oW[(m0 + g + 8) * Kp + c]) = make_float2(w[0][2], w[0][3]);
+    }
+    __syncthreads();  // E free for the next slice
+  }
+
+  // U = T Z for each value head of the group, kSl value columns at a time
+  // (Z in Q's space).
   const int group = a.HV / a.H;
   float* sZ = sQ;
-  const int free_cols = (4 * kC + 3 * kSub) * ks / kC - 8;
-  const int kVt = free_cols >= 128 ? 128 : free_cols / 16 * 16;
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
-    for (int v0 = 0; v0 < l.Vp; v0 += kVt) {
-      const int vt = l.Vp - v0 < kVt ? l.Vp - v0 : kVt;  // multiple of 16
-      const int zs = vt + 8;
+    for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
+      const int vt = l.Vp - v0 < kSl ? l.Vp - v0 : kSl;  // 16 or 32
       for (int i = tid; i < kC * vt; i += kThreads1) {
         const int t = i / vt, j = i % vt, v = v0 + j;
         float z = 0.0f;
@@ -421,21 +457,16 @@ __global__ void __launch_bounds__(kThreads1, 1) Phase1Kernel(Gdn2RecurrentArgs a
           const int64_t col = static_cast<int64_t>(hv) * a.V + v;
           z = chunk_common::Sigmoid(a.w[(t0 + t) * a.w_stride + col]) * a.v[(t0 + t) * a.v_stride + col];
         }
-        sZ[t * zs + j] = z;
+        sZ[t * ss + j] = z;
       }
       __syncthreads();
-      const int g = lane >> 2, tq = lane & 3;
-      for (int job = warp; job < 4 * (vt / 16); job += kWarps) {
-        const int m0 = (job % 4) * 16, c0 = (job / 4) * 16;
-        float acc[2][4];
-        ZeroAcc(acc);
-        WarpMma<2, false, false, kMath>(acc, sT, as, m0, sZ, zs, c0, 0, m0 + 16);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int c = v0 + c0 + 8 * j + 2 * tq;
-          *reinterpret_cast<float2*>(&oU[(m0 + g) * l.Vp + c]) = make_float2(acc[j][0], acc[j][1]);
-          *reinterpret_cast<float2*>(&oU[(m0 + g + 8) * l.Vp + c]) = make_float2(acc[j][2], acc[j][3]);
-        }
+      for (int job = warp; job < 4 * (vt / 8); job += kWarps) {
+        const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
+        float u[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+        WarpMma<1, false, false, kMath>(u, sT, as, m0, sZ, ss, n0, 0, m0 + 16);
+        const int c = v0 + n0 + 2 * tq;
+        *reinterpret_cast<float2*>(&oU[(m0 + g) * l.Vp + c]) = make_float2(u[0][0], u[0][1]);
+        *reinterpret_cast<float2*>(&oU[(m0 + g + 8) * l.Vp + c]) = make_float2(u[0][2], u[0][3]);
       }
       __syncthreads();
     }
@@ -609,7 +640,7 @@ cudaError_t LaunchPhase2(const Gdn2RecurrentArgs& a, const Layout& l, const Tabl
 
 template <ChunkMath kMath>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, int blocks_z, cudaStream_t stream) {
-  const size_t b1 = Smem1::Floats(l.Kp) * sizeof(float);
+  const size_t b1 = Smem1::Floats() * sizeof(float);
   if (cudaError_t e = cudaFuncSetAttribute(Phase1Kernel<kMath>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(b1));
       e != cudaSuccess) {
@@ -622,6 +653,13 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;
+  switch (a.value_tile) {
+    case 0: break;
+    case 16: return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
+    case 32: return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
+    case 64: return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
+    default: return cudaErrorInvalidValue;
+  }
   if (heads * ((a.V + 63) / 64) >= sms) return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
   if (heads * ((a.V + 31) / 32) >= sms) return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
   return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
@@ -642,7 +680,7 @@ bool Gdn2ChunkedWYSupported(int K) {
     return false;
   }
   const int Kp = RoundUp(K, 16);
-  size_t need = Smem1::Floats(Kp);
+  size_t need = Smem1::Floats();
   for (const size_t s : {Smem2<16>::Floats(Kp), Smem2<32>::Floats(Kp), Smem2<64>::Floats(Kp)}) {
     if (s > need) need = s;
   }

@@ -87,6 +87,9 @@ struct Gdn2RecurrentArgs {
   // Decode launches (max_len 1, K <= 128): state rows per warp, 2, 4 or 8;
   // 0 picks by batch size (measured, bench/RESULTS.md).
   int rows_per_warp = 0;
+  // Chunkwise prefill (Gdn2ChunkedWY): state columns a block carries, 16, 32
+  // or 64; 0 picks by the number of blocks (the widest that fills the GPU).
+  int value_tile = 0;
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
   int64_t out_stride = 0;
 };
