@@ -49,11 +49,11 @@ elif want engine-decode engine-prefill; then
     | tee "$out/engine_$only.log"
 fi
 if want bench kernel; then
-  timeout 120 python3 bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
+  timeout 120 python3 -u bench/gpu/decode_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --batches 1,4,16,64,256 --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
 fi
 if want bench prefill; then
-  timeout 240 python3 bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
+  timeout 240 python3 -u bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --impls "${PREFILL_IMPLS:-all}" --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
 fi
 exit $rc
