@@ -11,17 +11,19 @@ out=${OUT:-$root/bench/out}
 mkdir -p "$out"
 source scripts/device_env.sh > "$out/env.log" 2>&1 || { cat "$out/env.log"; exit 1; }
 cmake --preset engine-only -DGDNSERVE_CUDA=ON -DGDNSERVE_TESTS=OFF -DGDNSERVE_BENCH=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DGDNSERVE_PYTHON="$(command -v python3)" > "$out/configure.log" 2>&1 \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_FLAGS=-lineinfo -DGDNSERVE_PYTHON="$(command -v python3)" > "$out/configure.log" 2>&1 \
   || { tail -40 "$out/configure.log"; exit 1; }
 cmake --build build/engine-only -j "$(nproc)" --target gdn_cuda_capi > "$out/build.log" 2>&1 \
   || { grep -E "error" "$out/build.log" | head -40; exit 1; }
 lib=build/engine-only/kernels/cuda/libgdn_cuda_capi.so
 for shape in ${shapes//,/ }; do
   echo "== $shape"
-  timeout 300 ncu --clock-control none -k regex:'Phase' -c 2 \
-    --section SpeedOfLight --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
+  timeout 300 ncu --clock-control none -k regex:"${KERNEL:-Phase}" -c "${COUNT:-2}" --import-source yes \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy --section SourceCounters \
+    --section InstructionStats \
     python3 bench/gpu/prefill_kernel_bench.py --lib "$lib" --shapes "$shape" --impls tc --reps 1 \
     > "$out/ncu_$shape.txt" 2>&1
-  grep -E "Phase|Duration|Throughput|Stall|Achieved Occupancy|Registers|Shared Memory Config|Bank|L2 Hit|Block Limit" \
-    "$out/ncu_$shape.txt" | grep -v "^ *-" | head -80
+  grep -E "Phase|Duration|Throughput|Achieved Occupancy|Executed Instructions|Issued" "$out/ncu_$shape.txt" \
+    | grep -v "^ *-" | head -40
+  sed -n '/Section: Source Counters/,/Section:/p' "$out/ncu_$shape.txt" | head -120
 done
