@@ -18,12 +18,16 @@ cmake --build build/engine-only -j "$(nproc)" --target gdn_cuda_capi > "$out/bui
 lib=build/engine-only/kernels/cuda/libgdn_cuda_capi.so
 for shape in ${shapes//,/ }; do
   echo "== $shape"
+  rm -f "$out/ncu_$shape.ncu-rep"
   timeout 300 ncu --clock-control none -k regex:"${KERNEL:-Phase}" -c "${COUNT:-2}" --import-source yes \
     --section SpeedOfLight --section WarpStateStats --section Occupancy --section SourceCounters \
-    --section InstructionStats \
-    python3 bench/gpu/prefill_kernel_bench.py --lib "$lib" --shapes "$shape" --impls tc --reps 1 \
-    > "$out/ncu_$shape.txt" 2>&1
+    --section InstructionStats -o "$out/ncu_$shape" \
+    python3 bench/gpu/prefill_kernel_bench.py --lib "$lib" --shapes "$shape" --impls tc --reps 1 > /dev/null 2>&1
+  ncu -i "$out/ncu_$shape.ncu-rep" > "$out/ncu_$shape.txt" 2>&1
   grep -E "Phase|Duration|Throughput|Achieved Occupancy|Executed Instructions|Issued" "$out/ncu_$shape.txt" \
     | grep -v "^ *-" | head -40
-  sed -n '/Section: Source Counters/,/Section:/p' "$out/ncu_$shape.txt" | head -120
+  # Per source line (CUDA, with -lineinfo): instructions executed and stall samples.
+  ncu -i "$out/ncu_$shape.ncu-rep" --page source --csv --print-source cuda > "$out/src_$shape.csv" 2> "$out/src_err.txt" \
+    || ncu -i "$out/ncu_$shape.ncu-rep" --page source --csv > "$out/src_$shape.csv" 2>> "$out/src_err.txt"
+  wc -c "$out/src_$shape.csv"; head -c 600 "$out/src_err.txt"
 done

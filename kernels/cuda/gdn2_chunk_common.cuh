@@ -9,8 +9,10 @@ namespace gdnserve::cuda::chunk_common {
 constexpr int kC = 64;       // tokens a chunk
 constexpr int kMaxK = 128;   // key head size the kernels take
 
-__device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// Fast exponentials (a few ulp: far inside every tolerance) with log1p kept
+// for softplus's small values and a correctly rounded reciprocal.
+__device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
+__device__ __forceinline__ float Sigmoid(float x) { return __frcp_rn(1.0f + __expf(-x)); }
 
 // A chunk of n <= kC tokens from t0, key head hk, into shared rows of stride
 // ks: the per-token log decays g (not yet summed) into sG, q^ (L2-normalised,

@@ -38,6 +38,7 @@ namespace {
 using chunk_common::kC;
 using chunk_common::kMaxK;
 constexpr int kSub = 16;  // sub-chunk
+constexpr int kSl = 32;   // phase 1's channel slice; K and V are padded to multiples of it
 constexpr int kThreads1 = 256;
 constexpr int kThreads2 = 256;
 
@@ -110,8 +111,8 @@ __device__ __forceinline__ void CpAsyncWait() {
 
 // ---------------------------------------------------------------------------
 // Workspace: the chunk table (ints), then per (chunk, key head) Q~/W/K^/M/D,
-// then per (chunk, value head) U. Kp = K rounded up to 16, Vp = V rounded up
-// to 16 (padding columns zero).
+// then per (chunk, value head) U. Kp = K rounded up to kSl, Vp = V rounded up
+// to kSl (padding columns zero).
 struct Layout {
   int64_t max_chunks = 0;
   int P = 0, H = 0, HV = 0, Kp = 0, Vp = 0;
@@ -131,8 +132,8 @@ Layout MakeLayout(int64_t num_tokens, int num_pieces, int H, int HV, int K, int 
   l.max_chunks = (num_tokens + kC - 1) / kC + num_pieces;
   l.H = H;
   l.HV = HV;
-  l.Kp = RoundUp(K, 16);
-  l.Vp = RoundUp(V, 16);
+  l.Kp = RoundUp(K, kSl);
+  l.Vp = RoundUp(V, kSl);
   return l;
 }
 
@@ -196,25 +197,24 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 //   T = (I + A)^-1 by blocked forward substitution, float32; M out.
 //   Pass 2, per slice (inputs again, from L2): Q~, K^, e^(G_C) out, W = T E~.
 //   U = T Z per value head, kSl value columns at a time.
-constexpr int kSl = 32;
 struct Smem1 {
   static constexpr int Ss = kSl + 4, As = kC + 4;
   static constexpr size_t Floats() { return (4 * kC + 6 * kSub) * Ss + 3 * kC * As + 2 * kC + 4 * kSl; }
 };
 
-// A slice [c0, c0 + ns) of the chunk's inputs: q^, k^ (norm factors rq, rk),
+// A slice [c0, c0 + kSl) of the chunk's inputs: q^, k^ (norm factors rq, rk),
 // e = b * k^, g; then G (inclusive cumulative sums; rows n.. the total).
 // Rows n.. and channels K.. zero (G: no decay). Ends with a barrier.
 template <int kThreads>
-__device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0, int ns,
+__device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
                              const float* rq, const float* rk, float* sQ, float* sK, float* sE, float* sG,
                              float* sSum) {
   constexpr int ss = Smem1::Ss;
   const int K = a.K;
   const float neg_a = -expf(a.a_log[hk]);
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
-  for (int i = threadIdx.x; i < kC * ns; i += kThreads) {
-    const int t = i / ns, c = i % ns, ch = c0 + c;
+  for (int i = threadIdx.x; i < kC * kSl; i += kThreads) {
+    const int t = i / kSl, c = i % kSl, ch = c0 + c;
     float q = 0.0f, k = 0.0f, e = 0.0f, g = 0.0f;
     if (t < n && ch < K) {
       const int64_t row = t0 + t, col = static_cast<int64_t>(hk) * K + ch;
@@ -229,8 +229,8 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
     sG[t * ss + c] = g;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 4 * ns; i += kThreads) {  // (channel, sub-chunk)
-    const int c = i % ns, s = i / ns;
+  for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {  // (channel, sub-chunk)
+    const int c = i % kSl, s = i / kSl;
     float acc = 0.0f;
     for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
       acc += sG[t * ss + c];
@@ -239,8 +239,8 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
     sSum[s * kSl + c] = acc;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 3 * ns; i += kThreads) {
-    const int c = i % ns, s = 1 + i / ns;
+  for (int i = threadIdx.x; i < 3 * kSl; i += kThreads) {
+    const int c = i % kSl, s = 1 + i / kSl;
     float off = 0.0f;
     for (int r = 0; r < s; ++r) off += sSum[r * kSl + c];
     for (int t = s * kSub; t < (s + 1) * kSub; ++t) sG[t * ss + c] += off;
@@ -308,13 +308,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
-    const int ns = Kp - c0 < kSl ? Kp - c0 : kSl;  // 16 or 32
     __syncthreads();  // norms ready; the previous slice done with
-    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, ns, sR, sR + kC, sQ, sK, sE, sG, sSum);
+    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sSum);
     // Diagonal blocks, pairwise: a warp per row t, lane = (i within the
     // sub-chunk, half of the slice's channels).
     {
-      const int il = lane & 15, half = lane >> 4, hw = ns / 2;
+      const int il = lane & 15, half = lane >> 4;
+      constexpr int hw = kSl / 2;
       for (int t = warp; t < kC; t += kWarps) {
         const int i = t / kSub * kSub + il;
         float av = 0.0f, mv = 0.0f;
@@ -336,14 +336,14 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
     // E' = e e^(G_t - G_r), Q' likewise (rows of sub-chunks 1..3, in place);
     // K'(s)_i = k_i e^(G_r - G_i) for i < 16 s; r = 16 s - 1.
-    for (int i = tid; i < 3 * kSub * ns; i += kThreads1) {
-      const int t = kSub + i / ns, c = i % ns, r = t / kSub * kSub - 1;
+    for (int i = tid; i < 3 * kSub * kSl; i += kThreads1) {
+      const int t = kSub + i / kSl, c = i % kSl, r = t / kSub * kSub - 1;
       const float f = __expf(sG[t * ss + c] - sG[r * ss + c]);
       sE[t * ss + c] *= f;
       sQ[t * ss + c] *= f;
     }
-    for (int i = tid; i < 6 * kSub * ns; i += kThreads1) {
-      const int row = i / ns, c = i % ns;
+    for (int i = tid; i < 6 * kSub * kSl; i += kThreads1) {
+      const int row = i / kSl, c = i % kSl;
       const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
       sX[row * ss + c] = sK[t * ss + c] * __expf(sG[r * ss + c] - sG[t * ss + c]);
     }
@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       bool is_m;
       int s, n0;
       OffTile(warp + j * kWarps, &is_m, &s, &n0);
-      WarpMma<1, false, true, kMath>(acc[j], is_m ? sQ : sE, ss, s * kSub, sX + KOff(s) * ss, ss, n0, 0, ns);
+      WarpMma<1, false, true, kMath>(acc[j], is_m ? sQ : sE, ss, s * kSub, sX + KOff(s) * ss, ss, n0, 0, kSl);
     }
   }
 #pragma unroll
@@ -420,10 +420,9 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 
   // Pass 2: Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out; W = T E~.
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
-    const int ns = Kp - c0 < kSl ? Kp - c0 : kSl;
-    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, ns, sR, sR + kC, sQ, sK, sE, sG, sSum);
-    for (int i = tid; i < kC * ns; i += kThreads1) {
-      const int t = i / ns, c = i % ns;
+    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sSum);
+    for (int i = tid; i < kC * kSl; i += kThreads1) {
+      const int t = i / kSl, c = i % kSl;
       const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
       oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
       oK[t * Kp + c0 + c] = sK[t * ss + c] * __expf(gc - gt);
@@ -431,7 +430,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
     }
     __syncthreads();
-    for (int job = warp; job < 4 * (ns / 8); job += kWarps) {
+    for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
       const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
       float w[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
       WarpMma<1, false, false, kMath>(w, sT, as, m0, sE, ss, n0, 0, m0 + 16);
@@ -449,9 +448,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
-      const int vt = l.Vp - v0 < kSl ? l.Vp - v0 : kSl;  // 16 or 32
-      for (int i = tid; i < kC * vt; i += kThreads1) {
-        const int t = i / vt, j = i % vt, v = v0 + j;
+      for (int i = tid; i < kC * kSl; i += kThreads1) {
+        const int t = i / kSl, j = i % kSl, v = v0 + j;
         float z = 0.0f;
         if (t < n && v < a.V) {
           const int64_t col = static_cast<int64_t>(hv) * a.V + v;
@@ -460,7 +458,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         sZ[t * ss + j] = z;
       }
       __syncthreads();
-      for (int job = warp; job < 4 * (vt / 8); job += kWarps) {
+      for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
         const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
         float u[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
         WarpMma<1, false, false, kMath>(u, sT, as, m0, sZ, ss, n0, 0, m0 + 16);
@@ -513,10 +511,8 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
   // Set A of a chunk: W, Q~ rows and the U tile.
   auto load_a = [&](int chunk) {
     const float* in = key_in(chunk);
-    const int q4 = Kp / 4;
-    for (int i = tid; i < 2 * kC * q4; i += kThreads2) {
-      const int r = i / q4, c = (i % q4) * 4;
-      CpAsync16(&sWQ[r * ks + c], in + r * Kp + c, true);
+    if (lane < Kp / 4) {  // a warp a row, a lane 4 floats (Kp <= 128)
+      for (int r = warp; r < 2 * kC; r += kThreads2 / 32) CpAsync16(&sWQ[r * ks + 4 * lane], in + r * Kp + 4 * lane, true);
     }
     const float* u = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int i = tid; i < kC * (kTV / 4); i += kThreads2) {
@@ -529,10 +525,8 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
   // Set B: K^, M, e^(G_C).
   auto load_b = [&](int chunk) {
     const float* in = key_in(chunk) + 2 * kC * Kp;
-    const int q4 = Kp / 4;
-    for (int i = tid; i < kC * q4; i += kThreads2) {
-      const int r = i / q4, c = (i % q4) * 4;
-      CpAsync16(&sKh[r * kh + c], in + r * Kp + c, true);
+    if (lane < Kp / 4) {
+      for (int r = warp; r < kC; r += kThreads2 / 32) CpAsync16(&sKh[r * kh + 4 * lane], in + r * Kp + 4 * lane, true);
     }
     const float* m = in + kC * Kp;
     for (int i = tid; i < kC * kC / 4; i += kThreads2) {
@@ -540,7 +534,7 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
       CpAsync16(&sM[r * as + c], m + r * kC + c, true);
     }
     const float* d = m + kC * kC;
-    for (int i = tid; i < q4; i += kThreads2) CpAsync16(&sD[i * 4], d + i * 4, true);
+    if (tid < Kp / 4) CpAsync16(&sD[tid * 4], d + tid * 4, true);
     CpAsyncCommit();
   };
 
@@ -679,7 +673,7 @@ bool Gdn2ChunkedWYSupported(int K) {
     cudaGetLastError();
     return false;
   }
-  const int Kp = RoundUp(K, 16);
+  const int Kp = RoundUp(K, kSl);
   size_t need = Smem1::Floats();
   for (const size_t s : {Smem2<16>::Floats(Kp), Smem2<32>::Floats(Kp), Smem2<64>::Floats(Kp)}) {
     if (s > need) need = s;
