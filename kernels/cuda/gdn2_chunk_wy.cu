@@ -190,12 +190,13 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 // rows 1..3 stacked, later T's scratch, then Z); A, M, T [kC][as]; the q/k
 // norm factors [2][kC]; sub-chunk decay sums [4][kSl].
 //   Pass 0: the q/k norm factors of the chunk's tokens.
-//   Pass 1, per slice: gates; G; the diagonal 16 x 16 blocks of A and M
-//     pairwise (partial sums added in shared memory); the blocks below on
-//     tensor cores as (e_t e^(G_t - G_r)) . (k_i e^(G_r - G_i)), r the last
-//     token before the row's sub-chunk (accumulators kept in registers).
+//   Pass 1, per slice: gates; G; Q~, K^, e^(G_C) out, E~ staged in W's
+//     place; the diagonal 16 x 16 blocks of A and M pairwise (partial sums
+//     added in shared memory); the blocks below on tensor cores as
+//     (e_t e^(G_t - G_r)) . (k_i e^(G_r - G_i)), r the last token before the
+//     row's sub-chunk (accumulators kept in registers).
 //   T = (I + A)^-1 by blocked forward substitution, float32; M out.
-//   Pass 2, per slice (inputs again, from L2): Q~, K^, e^(G_C) out, W = T E~.
+//   Pass 2, per slice: W = T E~ (E~ read back).
 //   U = T Z per value head, kSl value columns at a time.
 struct Smem1 {
   static constexpr int Ss = kSl + 4, As = kC + 4;
@@ -264,6 +265,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   const int chunk = blockIdx.x, hk = blockIdx.y;
   if (chunk >= *tab.num_chunks) return;
   constexpr int ss = Smem1::Ss, as = Smem1::As, kWarps = kThreads1 / 32;
+  static_assert(kWarps == 8, "the diagonal blocks take two warps a sub-chunk");
   constexpr int kTiles = 24 / kWarps;  // off-diagonal tiles a warp
   const int K = a.K, Kp = l.Kp;
   float* sQ = smem;
@@ -303,26 +305,50 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   }
   for (int i = tid; i < kC * as; i += kThreads1) sA[i] = sM[i] = 0.0f;
 
-  // Pass 1: A and M, slice by slice.
+  float* out = tab.key + (static_cast<int64_t>(chunk) * l.H + hk) * l.KeyFloats();
+  float* oW = out;
+  float* oQ = oW + kC * Kp;
+  float* oK = oQ + kC * Kp;
+  float* oM = oK + kC * Kp;
+  float* oD = oM + kC * kC;
+
+  // Pass 1: A and M slice by slice, and the factors that need no T.
   float acc[kTiles][1][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
     LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sSum);
-    // Diagonal blocks, pairwise: a warp per row t, lane = (i within the
-    // sub-chunk, half of the slice's channels).
+    // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
+    // W's place (W = T E~ once T is known).
+    for (int i = tid; i < kC * kSl; i += kThreads1) {
+      const int t = i / kSl, c = i % kSl;
+      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
+      oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
+      oK[t * Kp + c0 + c] = sK[t * ss + c] * __expf(gc - gt);
+      oW[t * Kp + c0 + c] = sE[t * ss + c] * f;
+      if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
+    }
+    // Diagonal blocks, pairwise: a warp per half of a sub-chunk's rows; lane
+    // = (column i of the sub-chunk, half of the slice's channels), k_i and
+    // G_i in registers, row t's values read by the whole warp at once.
     {
-      const int il = lane & 15, half = lane >> 4;
       constexpr int hw = kSl / 2;
-      for (int t = warp; t < kC; t += kWarps) {
-        const int i = t / kSub * kSub + il;
+      const int s = warp / 2, il = lane & 15, half = lane >> 4, i = s * kSub + il, cb = half * hw;
+      float ki[hw], gi[hw];
+#pragma unroll
+      for (int c = 0; c < hw; ++c) {
+        ki[c] = sK[i * ss + cb + c];
+        gi[c] = sG[i * ss + cb + c];
+      }
+      for (int t = s * kSub + (warp % 2) * (kSub / 2); t < s * kSub + (warp % 2 + 1) * (kSub / 2); ++t) {
         float av = 0.0f, mv = 0.0f;
         if (i <= t) {
-          for (int c = half * hw; c < (half + 1) * hw; ++c) {
-            const float kd = sK[i * ss + c] * __expf(sG[t * ss + c] - sG[i * ss + c]);
-            av += sE[t * ss + c] * kd;
-            mv += sQ[t * ss + c] * kd;
+#pragma unroll
+          for (int c = 0; c < hw; ++c) {
+            const float kd = ki[c] * __expf(sG[t * ss + cb + c] - gi[c]);
+            av += sE[t * ss + cb + c] * kd;
+            mv += sQ[t * ss + cb + c] * kd;
           }
         }
         av += __shfl_xor_sync(0xffffffffu, av, 16);
@@ -410,24 +436,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
   }
 
-  float* out = tab.key + (static_cast<int64_t>(chunk) * l.H + hk) * l.KeyFloats();
-  float* oW = out;
-  float* oQ = oW + kC * Kp;
-  float* oK = oQ + kC * Kp;
-  float* oM = oK + kC * Kp;
-  float* oD = oM + kC * kC;
   for (int i = tid; i < kC * kC; i += kThreads1) oM[i] = sM[(i / kC) * as + i % kC];
 
-  // Pass 2: Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out; W = T E~.
+  // Pass 2: W = T E~, E~ read back from W's place (this block wrote it).
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
-    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sSum);
     for (int i = tid; i < kC * kSl; i += kThreads1) {
       const int t = i / kSl, c = i % kSl;
-      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
-      oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
-      oK[t * Kp + c0 + c] = sK[t * ss + c] * __expf(gc - gt);
-      sE[t * ss + c] *= f;
-      if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
+      sE[t * ss + c] = oW[t * Kp + c0 + c];
     }
     __syncthreads();
     for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
