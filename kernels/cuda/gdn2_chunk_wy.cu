@@ -214,20 +214,29 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
   const int K = a.K;
   const float neg_a = -expf(a.a_log[hk]);
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
-  for (int i = threadIdx.x; i < kC * kSl; i += kThreads) {
-    const int t = i / kSl, c = i % kSl, ch = c0 + c;
-    float q = 0.0f, k = 0.0f, e = 0.0f, g = 0.0f;
-    if (t < n && ch < K) {
-      const int64_t row = t0 + t, col = static_cast<int64_t>(hk) * K + ch;
-      q = a.q[row * a.qk_stride + col] * rq[t];
-      k = a.k[row * a.qk_stride + col] * rk[t];
-      e = chunk_common::Sigmoid(a.b[row * a.b_stride + col]) * bscale * k;
-      g = neg_a * chunk_common::Softplus(a.g[row * a.g_stride + col] + a.dt_bias[col]);
-    }
-    sQ[t * ss + c] = q;
-    sK[t * ss + c] = k;
-    sE[t * ss + c] = e;
-    sG[t * ss + c] = g;
+  // Every load of the thread in flight at once, then the arithmetic.
+  constexpr int kPer = kC * kSl / kThreads;
+  static_assert(kC * kSl % kThreads == 0, "whole rows of the slice a pass");
+  float q[kPer], k[kPer], b[kPer], g[kPer];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = threadIdx.x + u * kThreads, t = i / kSl, ch = c0 + i % kSl;
+    const bool ok = t < n && ch < K;
+    const int64_t row = t0 + t, col = static_cast<int64_t>(hk) * K + ch;
+    q[u] = ok ? a.q[row * a.qk_stride + col] : 0.0f;
+    k[u] = ok ? a.k[row * a.qk_stride + col] : 0.0f;
+    b[u] = ok ? a.b[row * a.b_stride + col] : 0.0f;
+    g[u] = ok ? a.g[row * a.g_stride + col] + a.dt_bias[col] : 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = threadIdx.x + u * kThreads, t = i / kSl, c = i % kSl;
+    const bool ok = t < n && c0 + c < K;
+    const float kn = k[u] * rk[t];
+    sQ[t * ss + c] = q[u] * rq[t];
+    sK[t * ss + c] = kn;
+    sE[t * ss + c] = ok ? chunk_common::Sigmoid(b[u]) * bscale * kn : 0.0f;
+    sG[t * ss + c] = ok ? neg_a * chunk_common::Softplus(g[u]) : 0.0f;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {  // (channel, sub-chunk)
@@ -282,25 +291,41 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
 
-  // Pass 0: norm factors, a warp per token; A and M zero.
-  for (int t = warp; t < kC; t += kWarps) {
-    float qq = 0.0f, kk = 0.0f;
-    if (t < n) {
-      const float* q = a.q + (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
-      const float* k = a.k + (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
-      for (int c = lane; c < K; c += 32) {
-        qq += q[c] * q[c];
-        kk += k[c] * k[c];
+  // Pass 0: norm factors, a warp per token, four tokens' loads in flight at
+  // once; A and M zero.
+  static_assert(kC % (4 * kWarps) == 0, "rows in batches of four a warp");
+  for (int r0 = 0; r0 < kC / kWarps; r0 += 4) {
+    float qv[4][kMaxK / 32], kv[4][kMaxK / 32];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int t = warp + (r0 + r) * kWarps;
+      const int64_t base = (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
+#pragma unroll
+      for (int j = 0; j < kMaxK / 32; ++j) {
+        const int c = lane + 32 * j;
+        const bool ok = t < n && c < K;
+        qv[r][j] = ok ? a.q[base + c] : 0.0f;
+        kv[r][j] = ok ? a.k[base + c] : 0.0f;
       }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      qq += __shfl_xor_sync(0xffffffffu, qq, o);
-      kk += __shfl_xor_sync(0xffffffffu, kk, o);
-    }
-    if (lane == 0) {
-      sR[t] = t < n ? a.scale / sqrtf(qq + 1e-6f) : 0.0f;
-      sR[kC + t] = t < n ? 1.0f / sqrtf(kk + 1e-6f) : 0.0f;
+    for (int r = 0; r < 4; ++r) {
+      const int t = warp + (r0 + r) * kWarps;
+      float qq = 0.0f, kk = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxK / 32; ++j) {
+        qq += qv[r][j] * qv[r][j];
+        kk += kv[r][j] * kv[r][j];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        qq += __shfl_xor_sync(0xffffffffu, qq, o);
+        kk += __shfl_xor_sync(0xffffffffu, kk, o);
+      }
+      if (lane == 0) {
+        sR[t] = t < n ? a.scale / sqrtf(qq + 1e-6f) : 0.0f;
+        sR[kC + t] = t < n ? 1.0f / sqrtf(kk + 1e-6f) : 0.0f;
+      }
     }
   }
   for (int i = tid; i < kC * as; i += kThreads1) sA[i] = sM[i] = 0.0f;
@@ -440,9 +465,17 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 
   // Pass 2: W = T E~, E~ read back from W's place (this block wrote it).
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
-    for (int i = tid; i < kC * kSl; i += kThreads1) {
-      const int t = i / kSl, c = i % kSl;
-      sE[t * ss + c] = oW[t * Kp + c0 + c];
+    constexpr int kPer = kC * kSl / kThreads1;
+    float e[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int i = tid + u * kThreads1;
+      e[u] = oW[(i / kSl) * Kp + c0 + i % kSl];
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int i = tid + u * kThreads1;
+      sE[(i / kSl) * ss + i % kSl] = e[u];
     }
     __syncthreads();
     for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
@@ -463,14 +496,20 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
-      for (int i = tid; i < kC * kSl; i += kThreads1) {
-        const int t = i / kSl, j = i % kSl, v = v0 + j;
-        float z = 0.0f;
-        if (t < n && v < a.V) {
-          const int64_t col = static_cast<int64_t>(hv) * a.V + v;
-          z = chunk_common::Sigmoid(a.w[(t0 + t) * a.w_stride + col]) * a.v[(t0 + t) * a.v_stride + col];
-        }
-        sZ[t * ss + j] = z;
+      constexpr int kPer = kC * kSl / kThreads1;
+      float wv[kPer], vv[kPer];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = tid + u * kThreads1, t = i / kSl, v = v0 + i % kSl;
+        const bool ok = t < n && v < a.V;
+        const int64_t col = static_cast<int64_t>(hv) * a.V + v;
+        wv[u] = ok ? a.w[(t0 + t) * a.w_stride + col] : 0.0f;
+        vv[u] = ok ? a.v[(t0 + t) * a.v_stride + col] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int i = tid + u * kThreads1;
+        sZ[(i / kSl) * ss + i % kSl] = chunk_common::Sigmoid(wv[u]) * vv[u];
       }
       __syncthreads();
       for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
