@@ -8,7 +8,7 @@
 //
 //   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]
 //                     [--prefill 2048,8192] [--prefill-seqs 1,8] [--chunk 8192] [--steps 30] [--json FILE]
-//                     [--only decode|prefill]
+//                     [--only decode|prefill] [--prefill-kernels recurrent,chunked,chunked_wy]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/random_weights.h"
 #include "engine/cuda_backend.h"
@@ -117,12 +119,13 @@ const char* kUsage =
     "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]\n"
     "                         [--prefill 2048,8192,32768,65536] [--prefill-seqs 1,8] [--chunk 8192]\n"
     "                         [--steps 30] [--json FILE] [--only decode|prefill]\n"
+    "                         [--prefill-kernels recurrent,chunked,chunked_wy]\n"
     "Times the CUDA backend against this GPU's measured copy bandwidth and bf16 GEMM rate.\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, shape = "gdn2_1.3b", json_path, only;
+  std::string model, shape = "gdn2_1.3b", json_path, only, prefill_kernels = "recurrent,chunked,chunked_wy";
   bool f32 = false;
   std::vector<int> batches = {1, 4, 8, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
   int chunk = 8192, steps = 30;
@@ -139,6 +142,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::stoi(next());
     else if (a == "--json") json_path = next();
     else if (a == "--only") only = next();
+    else if (a == "--prefill-kernels") prefill_kernels = next();
     else {
       std::fputs(kUsage, a == "--help" ? stdout : stderr);
       return a == "--help" ? 0 : 1;
@@ -285,6 +289,8 @@ int main(int argc, char** argv) {
   enum class Kernel { kRecurrent, kChunked, kChunkedWY };
   for (const Kernel kernel : {Kernel::kRecurrent, Kernel::kChunked, Kernel::kChunkedWY}) {
     if (only == "decode") break;
+    const char* name = kernel == Kernel::kChunkedWY ? "chunked_wy" : kernel == Kernel::kChunked ? "chunked" : "recurrent";
+    if (!absl::StrContains("," + prefill_kernels + ",", absl::StrCat(",", name, ","))) continue;
     const bool chunked = kernel != Kernel::kRecurrent;
     backend.reset();
     auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch,
@@ -331,7 +337,6 @@ int main(int argc, char** argv) {
         const double tps = static_cast<double>(S) * n / sec;
         const double floor_s = layer_flops_per_token * S * n / flops;
         std::printf("%6d %8d %10.3f %14.0f %10.2f %10.2f\n", S, n, sec, tps, sec / floor_s, DeviceUsed() / 1e9);
-        const char* name = kernel == Kernel::kChunkedWY ? "chunked_wy" : chunked ? "chunked" : "recurrent";
         report["prefill"].push_back({{"kernel", name}, {"sequences", S}, {"tokens", n},
                                      {"seconds", sec}, {"gemm_floor_seconds", floor_s},
                                      {"device_bytes_used", DeviceUsed()}});

@@ -25,6 +25,10 @@ absl::Status CheckBackendSpec(const BackendSpec& spec) {
   if (spec.dtype != "auto" && spec.dtype != "f32" && spec.dtype != "bf16") {
     return absl::InvalidArgumentError(absl::StrFormat("--dtype must be auto, f32 or bf16, got %s", spec.dtype));
   }
+  if (spec.prefill_kernel != "chunk" && spec.prefill_kernel != "chunk-simt" && spec.prefill_kernel != "recurrent") {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--prefill_kernel must be chunk, chunk-simt or recurrent, got %s", spec.prefill_kernel));
+  }
   if (spec.device == "cpu" && spec.dtype == "bf16") {
     return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");
   }
@@ -60,6 +64,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
                                                 .device = *ordinal,
                                                 .bf16 = spec.dtype != "f32",
                                                 .cuda_graphs = spec.cuda_graphs,
+                                                .chunked_prefill = spec.prefill_kernel != "recurrent",
+                                                .chunked_wy = spec.prefill_kernel == "chunk",
                                                 .batch_invariant = spec.batch_invariant});
 }
 

@@ -18,6 +18,10 @@ struct BackendSpec {
   int num_threads = 0;         // cpu: 0 = OpenMP/OpenBLAS default
   bool cuda_graphs = true;
   bool batch_invariant = false;  // cuda: decode rows through fixed GEMM algorithms too
+  // cuda: the GDN-2 kernel for prompt pieces: "chunk" (tensor-core
+  // chunkwise), "chunk-simt" (float32 one-pass chunkwise) or "recurrent"
+  // (token by token).
+  std::string prefill_kernel = "chunk";
 };
 
 // The spelling of spec.device and spec.dtype and their pairing (bf16 needs

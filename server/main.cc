@@ -60,6 +60,9 @@ ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs (on
 ABSL_FLAG(bool, batch_invariant, false,
           "cuda: decode rows through fixed GEMM algorithms too (prompt rows always are), so every sequence's "
           "tokens are independent of what else is in the batch; slower decode at some batch sizes");
+ABSL_FLAG(std::string, prefill_kernel, "chunk",
+          "cuda: GDN-2 kernel for prompts: chunk (tensor-core chunkwise), chunk-simt (float32 chunkwise) or "
+          "recurrent (token by token)");
 ABSL_FLAG(bool, device_sampling, true,
           "cuda: draw tokens on the GPU (logits reach the host only for top logprobs or prompt logits); "
           "false: every row to the host and the host sampler");
@@ -147,7 +150,8 @@ gdnserve::BackendSpec SpecFromFlags() {
           .num_slots = absl::GetFlag(FLAGS_max_seqs),
           .num_threads = absl::GetFlag(FLAGS_threads),
           .cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs),
-          .batch_invariant = absl::GetFlag(FLAGS_batch_invariant)};
+          .batch_invariant = absl::GetFlag(FLAGS_batch_invariant),
+          .prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel)};
 }
 
 absl::Status CheckFlags() {
