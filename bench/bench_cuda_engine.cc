@@ -301,6 +301,7 @@ int main(int argc, char** argv) {
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
+    report["state_bytes_per_sequence"] = be.state_pool().layout().bytes_per_slot();
     std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n",
                 kernel == Kernel::kChunkedWY ? "tensor-core chunkwise" : chunked ? "one-pass chunkwise" : "token-by-token",
                 flops / layer_flops_per_token);

@@ -1,6 +1,6 @@
 """Plots the GPU benchmarks of bench/gpu/run_device.sh.
 
-    plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--out-dir DIR]
+    plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--prefill-json JSON] [--out-dir DIR]
 
 ENGINE_JSON (default bench/out/engine_bench.json) is bench_cuda_engine's
 report, KERNEL_JSON (default bench/out/decode_kernel.json) that of
@@ -81,7 +81,7 @@ def plot_decode(engine: dict, kernel: dict, path: str) -> None:
 
 
 KERNEL_LABELS = {"recurrent": "token-by-token", "chunked": "chunkwise (f32 SIMT)",
-                 "chunked_wy": "chunkwise, three phases (f32 SIMT)"}
+                 "chunked_wy": "chunkwise, tensor cores (default)"}
 
 
 def plot_prefill(engine: dict, path: str) -> None:
@@ -127,8 +127,9 @@ def plot_prefill(engine: dict, path: str) -> None:
                  f"bf16 GEMM {engine['bf16_gemm_flops'] / 1e12:.0f} TFLOP/s", fontsize=10)
     mx.set_ylabel("GPU memory in use, GB (whole device)")
     mx.set_ylim(0, max(r["device_bytes_used"] for r in rows) / 1e9 * 1.25)
-    mx.set_title(f"GPU memory after the prefill; state {engine['state_bytes_per_sequence'] / 1e6:.1f} MB "
-                 f"per sequence at any context", fontsize=10)
+    state = engine.get("state_bytes_per_sequence")
+    mx.set_title("GPU memory after the prefill" +
+                 (f"; state {state / 1e6:.1f} MB per sequence at any context" if state else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
@@ -138,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("engine_json", nargs="?", default="bench/out/engine_bench.json")
     ap.add_argument("kernel_json", nargs="?", default="bench/out/decode_kernel.json")
+    ap.add_argument("--prefill-json", help="bench_cuda_engine report for the prefill plot (default: ENGINE_JSON)")
     ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
     args = ap.parse_args()
     with open(args.engine_json) as f:
@@ -145,7 +147,11 @@ def main() -> None:
     with open(args.kernel_json) as f:
         kernel = json.load(f)
     plot_decode(engine, kernel, os.path.join(args.out_dir, "gpu_decode.png"))
-    plot_prefill(engine, os.path.join(args.out_dir, "gpu_prefill.png"))
+    prefill = engine
+    if args.prefill_json:
+        with open(args.prefill_json) as f:
+            prefill = json.load(f)
+    plot_prefill(prefill, os.path.join(args.out_dir, "gpu_prefill.png"))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ absl::Status CheckBackendSpec(const BackendSpec& spec) {
   }
   if (spec.prefill_kernel != "chunk" && spec.prefill_kernel != "chunk-simt" && spec.prefill_kernel != "recurrent") {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "--prefill_kernel must be chunk, chunk-simt or recurrent, got %s", spec.prefill_kernel));
+        "--prefill-kernel must be chunk, chunk-simt or recurrent, got %s", spec.prefill_kernel));
   }
   if (spec.device == "cpu" && spec.dtype == "bf16") {
     return absl::InvalidArgumentError("--dtype bf16 needs --device cuda (the CPU backend computes in float32)");

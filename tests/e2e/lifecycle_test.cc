@@ -137,6 +137,7 @@ TEST(Lifecycle, BadFlagsAreOneLineErrors) {
   ExpectStartupError({"--model", TestModelDir("tiny"), "--dtype", "bf16"}, "--dtype bf16 needs --device cuda");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--dtype", "f8"}, "--dtype");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--device", "tpu"}, "--device");
+  ExpectStartupError({"--model", TestModelDir("tiny"), "--prefill-kernel", "fast"}, "--prefill-kernel");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--max-seqs", "0"}, "--max-seqs");
   ExpectStartupError({"--model", TestModelDir("tiny"), "--grpc-port", "70000"}, "--grpc-port");
 }
