@@ -1,6 +1,6 @@
 """Plots the GPU benchmarks of bench/gpu/run_device.sh.
 
-    plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--prefill-json JSON] [--out-dir DIR]
+    plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--prefill-json JSON] [--op-json JSON] [--out-dir DIR]
 
 ENGINE_JSON (default bench/out/engine_bench.json) is bench_cuda_engine's
 report, KERNEL_JSON (default bench/out/decode_kernel.json) that of
@@ -135,11 +135,49 @@ def plot_prefill(engine: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
+def plot_prefill_op(op: dict, path: str) -> None:
+    """Op time per shape for each implementation in a prefill_kernel_bench.py report, against both floors."""
+    rows = op["rows"]
+    names = []
+    for r in rows:
+        names += [n for n in r["results"] if n not in names]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(1, len(names))
+    xs = range(len(rows))
+    for i, name in enumerate(names):
+        tps = [r["sequences"] * r["tokens_per_sequence"] / r["results"][name]["seconds"] / 1e6
+               if name in r["results"] else 0.0 for r in rows]
+        bars = ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], tps, width, label=name)
+        for b, r, v in zip(bars, rows, tps):
+            if v:
+                floor = r["sequences"] * r["tokens_per_sequence"] / r["floor_seconds"] / 1e6
+                ax.annotate(f"{floor / v:.1f}x", (b.get_x() + b.get_width() / 2, v), textcoords="offset points",
+                            xytext=(0, 2), ha="center", fontsize=7)
+    for key, style, label in [("floor_seconds", "k--", "floor, float32 I/O"), ("floor_bf16_seconds", "k:",
+                                                                                "floor, bf16 I/O")]:
+        ys = [r["sequences"] * r["tokens_per_sequence"] / r[key] / 1e6 for r in rows if key in r]
+        if len(ys) == len(rows):
+            ax.plot([x for x in xs], ys, style, label=label)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{r['sequences']} x {r['tokens_per_sequence']}" for r in rows])
+    ax.set_xlabel("sequences x tokens")
+    ax.set_ylabel("M tokens/s (H = %d, K = V = %d)" % (op["H"], op["K"]))
+    ax.set_yscale("log")
+    ax.set_title(f"GDN-2 prefill op, {op['device']}, copy {rows[0]['copy_bytes_per_s'] / 1e9:.0f} GB/s; "
+                 f"labels: time / float32-I/O floor", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("engine_json", nargs="?", default="bench/out/engine_bench.json")
     ap.add_argument("kernel_json", nargs="?", default="bench/out/decode_kernel.json")
     ap.add_argument("--prefill-json", help="bench_cuda_engine report for the prefill plot (default: ENGINE_JSON)")
+    ap.add_argument("--op-json", help="prefill_kernel_bench.py report: also writes gpu_prefill_op.png")
     ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
     args = ap.parse_args()
     with open(args.engine_json) as f:
@@ -152,6 +190,9 @@ def main() -> None:
         with open(args.prefill_json) as f:
             prefill = json.load(f)
     plot_prefill(prefill, os.path.join(args.out_dir, "gpu_prefill.png"))
+    if args.op_json:
+        with open(args.op_json) as f:
+            plot_prefill_op(json.load(f), os.path.join(args.out_dir, "gpu_prefill_op.png"))
 
 
 if __name__ == "__main__":
