@@ -272,8 +272,11 @@ TEST_F(CudaKernelTest, ChunkedMatchesCpu) {
 }
 
 // The tensor-core chunkwise kernel with a workspace of its own size.
-template <cuda::ChunkMath kMath>
-cudaError_t ChunkedWYWithWorkspace(const cuda::Gdn2RecurrentArgs& a, cudaStream_t stream) {
+// kTile: the state columns a phase-2 block carries (0: the kernel's pick).
+template <cuda::ChunkMath kMath, int kTile = 0>
+cudaError_t ChunkedWYWithWorkspace(const cuda::Gdn2RecurrentArgs& args, cudaStream_t stream) {
+  cuda::Gdn2RecurrentArgs a = args;
+  a.value_tile = kTile;
   const size_t bytes =
       cuda::Gdn2ChunkedWYWorkspaceBytes(a.pieces.num_tokens, a.pieces.num_pieces, a.H, a.HV, a.K, a.V);
   void* ws = nullptr;
@@ -298,6 +301,12 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
     CheckGdn2Kernel(kernel, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 200, 2}, false, rng_, false, 0, tol, tf32);
     CheckGdn2Kernel(kernel, {{2, 4, 64, 32}}, {300, 1, 70, 1, 64}, true, rng_, false, 0, tol, tf32);
     CheckGdn2Kernel(kernel, {{4, 4, 128, 128}}, {1, 65, 200, 1000}, false, rng_, true, 0, tol, tf32);
+  }
+  // The wider state tiles (the pick takes them for many sequences), V not a
+  // multiple of them.
+  for (const std::vector<Shape>& sh : {std::vector<Shape>{{2, 2, 128, 128}}, std::vector<Shape>{{1, 2, 64, 72}}}) {
+    CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3, 32>, sh, {65, 1, 130}, false, rng_);
+    CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3, 64>, sh, {65, 1, 130}, true, rng_);
   }
 }
 

@@ -172,7 +172,10 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
     const int p = a.piece_list ? a.piece_list[i] : i;
     const int64_t s = a.pieces.start[p], e = a.pieces.start[p + 1];
     t.piece_first[p] = c;
-    for (int64_t t0 = s; t0 < e; t0 += kC) {
+    // max_chunks bounds the pieces' chunks (ceil(T / kC) + P); a list that
+    // names a piece twice could pass it: such chunks are dropped, not written
+    // past the table.
+    for (int64_t t0 = s; t0 < e && c < l.max_chunks; t0 += kC) {
       t.chunk_piece[c] = p;
       t.chunk_t0[c] = static_cast<int32_t>(t0);
       t.chunk_n[c] = static_cast<int32_t>(e - t0 < kC ? e - t0 : kC);
@@ -739,7 +742,8 @@ cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& a, ChunkMath math, void* work
                           cudaStream_t stream) {
   const int blocks_z = a.piece_list ? a.num_listed : a.pieces.num_pieces;
   if (blocks_z == 0) return cudaSuccess;
-  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || a.K < 1 || a.K > kMaxK || blocks_z > 65535 || a.HV > 65535 ||
+  if (a.H <= 0 || a.HV < a.H || a.HV % a.H != 0 || a.V <= 0 || a.K < 1 || a.K > kMaxK || blocks_z > 65535 ||
+      a.HV > 65535 ||
       a.H > 65535) {
     return cudaErrorInvalidValue;
   }
