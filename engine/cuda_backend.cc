@@ -228,7 +228,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
   DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
-  DeviceBuffer chunk_ws_;          // the three-phase chunk kernel's table and factors
+  DeviceBuffer chunk_ws_;          // the tensor-core chunk kernel's table and factors
   // Decode graphs by batch size; captured against the workspace of
   // generation workspace_gen_ (a reallocation makes them stale).
   std::map<int, cudaGraphExec_t> graphs_;

@@ -29,7 +29,7 @@ struct Param {
   bool bf16;
   bool chunked = false;  // prefill pieces through the chunkwise kernel
   bool graphs = true;    // decode steps as CUDA graphs
-  bool wy = false;       // with chunked: the three-phase chunk kernel
+  bool wy = false;       // with chunked: the tensor-core chunk kernel (else the float32 one-pass one)
 };
 
 std::string ModelPath(const std::string& m) {

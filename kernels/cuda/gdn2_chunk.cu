@@ -5,8 +5,8 @@
 //   A_ti = sum_c e_t k_i exp(G_t - G_i)  (i < t),  M_ti = sum_c q_t k_i exp(G_t - G_i)  (i <= t)
 //   N = (I + A)^-1 (Z - E~ S0),  O = Q~ S0 + M N,  S_C = exp(G_C) S0 + K^^T N
 // A and M take their decays pairwise, so no exponent is ever positive (a
-// token may have g = -100). The tensor-core version with sub-chunk factored
-// decays is issue 6; this one is correct and reasonably fast.
+// token may have g = -100). The engine's default is the tensor-core kernel
+// (gdn2_chunk_wy.cu); this one stays as `--prefill-kernel chunk-simt`.
 //
 // A block per (piece, value head, tile of kTileV value rows) keeps its state
 // tile in shared memory across the piece's chunks; the key-side work (A, M)
