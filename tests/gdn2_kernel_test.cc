@@ -17,7 +17,11 @@ namespace {
 using testing::RelErr;
 using testing::TestSeed;
 
-enum class Gates { kTypical, kExtreme };
+// kHeavyThenLight: the first third of the tokens decay by up to -100 a
+// channel, the rest barely: nearby light tokens late in a chunk then sit at a
+// large cumulative decay, where a float32 running sum would lose their small
+// differences (the CPU twin keeps it in double).
+enum class Gates { kTypical, kExtreme, kHeavyThenLight };
 
 struct HeadData {
   int64_t T;
@@ -55,7 +59,10 @@ HeadData MakeHead(int64_t T, int K, int V, Gates gates, bool neg_eig, std::mt199
   }
   const float bmax = neg_eig ? 2.0f : 1.0f;
   for (int64_t i = 0; i < T * K; ++i) {
-    if (gates == Gates::kTypical) {
+    if (gates == Gates::kHeavyThenLight) {
+      d.g[i] = i / K < T / 3 ? -100.0f * (0.5f + 0.5f * unif(rng)) : -0.05f * unif(rng);
+      d.b[i] = bmax * unif(rng);
+    } else if (gates == Gates::kTypical) {
       d.g[i] = -std::exp(-5.0f + 5.0f * unif(rng));  // [-1, -0.007]
       d.b[i] = bmax * unif(rng);
     } else {
@@ -68,7 +75,7 @@ HeadData MakeHead(int64_t T, int K, int V, Gates gates, bool neg_eig, std::mt199
   }
   for (auto& x : d.w) {
     const float u = unif(rng);
-    x = gates == Gates::kTypical ? u : (u < 0.3f ? 1e-6f : (u < 0.6f ? 1.0f - 1e-6f : unif(rng)));
+    x = gates != Gates::kExtreme ? u : (u < 0.3f ? 1e-6f : (u < 0.6f ? 1.0f - 1e-6f : unif(rng)));
   }
   return d;
 }
@@ -144,6 +151,7 @@ std::vector<Case> Cases() {
   for (int64_t T : {1, 15, 16, 17, 63, 64, 65, 128, 200})
     for (Gates gates : {Gates::kTypical, Gates::kExtreme})
       for (bool init : {false, true}) cases.push_back({T, 32, 32, gates, init, false});
+  for (int64_t T : {48, 64, 200}) cases.push_back({T, 32, 32, Gates::kHeavyThenLight, true, false});
   // Other head shapes (K != V) and allow_neg_eigval.
   for (int64_t T : {1, 64, 130}) {
     cases.push_back({T, 16, 64, Gates::kExtreme, true, false});
@@ -156,8 +164,11 @@ std::vector<Case> Cases() {
 INSTANTIATE_TEST_SUITE_P(Shapes, ChunkVsRecurrent, ::testing::ValuesIn(Cases()),
                          [](const ::testing::TestParamInfo<Case>& i) {
                            const Case& c = i.param;
+                           const char* gates = c.gates == Gates::kExtreme   ? "_extreme"
+                                               : c.gates == Gates::kTypical ? "_typical"
+                                                                            : "_heavy_light";
                            return "T" + std::to_string(c.T) + "_K" + std::to_string(c.K) + "_V" +
-                                  std::to_string(c.V) + (c.gates == Gates::kExtreme ? "_extreme" : "_typical") +
+                                  std::to_string(c.V) + gates +
                                   (c.initial_state ? "_s0" : "") + (c.neg_eig ? "_neg" : "");
                          });
 
