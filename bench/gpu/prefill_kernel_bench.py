@@ -148,6 +148,9 @@ def main() -> int:
 
         if chunk_gdn2 is not None and want("fla"):
             for name, dtype in [("fla chunk_gdn2", torch.float32), ("fla chunk_gdn2 (bf16 io)", torch.bfloat16)]:
+                print(f"{shape} {name}: running (Triton compiles and autotunes on first use: minutes on a machine "
+                      "without its cache)", file=sys.stderr, flush=True)
+
                 def fla():
                     return fla_op(chunk_gdn2, dtype)
                 try:

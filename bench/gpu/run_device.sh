@@ -7,6 +7,7 @@
 # Needs, carried with the tree: .deps (scripts/fetch_device_deps.sh), .whl
 # (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
 # --suite tests --out tests/out/models: the machine has no spm_train).
+# Optional: .triton-cache (from an earlier call's $OUT/triton-cache.tar).
 #   bash bench/gpu/run_device.sh [MODE[,MODE...]]   (default all)
 # Modes: tests; bench (engine decode + prefill, both kernel benches); kernel / prefill (the decode / prefill
 # kernel vs fla); engine-decode / engine-prefill (one half of the engine bench); all.
@@ -17,6 +18,11 @@ cd "$root"
 out=${OUT:-$root/bench/out}
 mkdir -p "$out"
 source scripts/device_env.sh > "$out/env.log" 2>&1 || { cat "$out/env.log"; exit 1; }
+# Triton's compiled kernels (fla's chunk_gdn2 compiles and autotunes many
+# configurations: minutes on a fresh machine) live in the tree: carry
+# .triton-cache to the next call (unpack $OUT/triton-cache.tar into the tree).
+export TRITON_CACHE_DIR=$root/.triton-cache
+mkdir -p "$TRITON_CACHE_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 t0=$(date +%s)
 cmake --preset engine-only -DGDNSERVE_CUDA=ON -DGDNSERVE_TESTS=ON -DGDNSERVE_BENCH=ON \
@@ -55,5 +61,8 @@ fi
 if want bench prefill; then
   timeout 240 python3 -u bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --impls "${PREFILL_IMPLS:-all}" --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
+fi
+if [[ -n "$(ls -A "$TRITON_CACHE_DIR" 2>/dev/null)" ]]; then
+  tar -C "$root" -cf "$out/triton-cache.tar" .triton-cache
 fi
 exit $rc
