@@ -699,10 +699,15 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
   }
   Phase1Kernel<kMath><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  // The widest value tile that still gives every SM a block: the state tile
-  // chain is the sequential part, so a long lone sequence splits finer.
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  // The widest value tile that still gives every SM a block (the state tile
+  // chain is the sequential part, so a long lone sequence splits finer) and
+  // fits the device's shared memory (an A100 takes 16 and 32 columns only).
+  int dev = 0, sms = 132, optin = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess) {
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  }
+  auto fits = [&](size_t floats) { return floats * sizeof(float) <= static_cast<size_t>(optin); };
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;
   switch (a.value_tile) {
     case 0: break;
@@ -711,8 +716,12 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
     case 64: return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
     default: return cudaErrorInvalidValue;
   }
-  if (heads * ((a.V + 63) / 64) >= sms) return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
-  if (heads * ((a.V + 31) / 32) >= sms) return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
+  if (heads * ((a.V + 63) / 64) >= sms && fits(Smem2<64>::Floats(l.Kp))) {
+    return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
+  }
+  if (heads * ((a.V + 31) / 32) >= sms && fits(Smem2<32>::Floats(l.Kp))) {
+    return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
+  }
   return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
 }
 
@@ -730,11 +739,10 @@ bool Gdn2ChunkedWYSupported(int K) {
     cudaGetLastError();
     return false;
   }
+  // Phase 1 and the narrowest state tile must fit; wider tiles are taken
+  // where they fit too.
   const int Kp = RoundUp(K, kSl);
-  size_t need = Smem1::Floats();
-  for (const size_t s : {Smem2<16>::Floats(Kp), Smem2<32>::Floats(Kp), Smem2<64>::Floats(Kp)}) {
-    if (s > need) need = s;
-  }
+  const size_t need = Smem1::Floats() > Smem2<16>::Floats(Kp) ? Smem1::Floats() : Smem2<16>::Floats(Kp);
   return static_cast<size_t>(optin) >= need * sizeof(float);
 }
 

@@ -107,8 +107,10 @@ bool Gdn2ChunkSupported(int K);
 // (kernels/cuda/gdn2_chunk_wy.cu): the work that depends only on a chunk's
 // own inputs for every chunk at once (the WY factors W = T E~, U = T Z), then
 // only the state's passage from chunk to chunk, split over tiles of value
-// columns, so that one long sequence fills the GPU. K <= 128, any V; up to
-// ~215 KiB of shared memory per block (Gdn2ChunkedWYSupported). `workspace`
+// columns, so that one long sequence fills the GPU. K <= 128, any V; 104 KiB
+// of shared memory per block in the first phase, 144-194 KiB in the second
+// (16-64 state columns a block; Gdn2ChunkedWYSupported says whether the
+// narrowest fits, the launch takes wider ones where they fit). `workspace`
 // (256-byte aligned, device) holds the chunk table and the per-chunk factors:
 // Gdn2ChunkedWYWorkspaceBytes. Products in TF32 (relative error ~1e-4..1e-3)
 // or, with kTf32x3, split in three TF32 products for float32 accuracy.
