@@ -116,8 +116,8 @@ __device__ __forceinline__ void CpAsyncWait() {
 struct Layout {
   int64_t max_chunks = 0;
   int P = 0, H = 0, HV = 0, Kp = 0, Vp = 0;
-  // Ints: num_chunks [1], chunk_piece, chunk_t0, chunk_n [max], piece_first, piece_count [P].
-  __host__ __device__ int64_t IntBytes() const { return ((1 + 3 * max_chunks + 2 * int64_t{P}) * 4 + 255) / 256 * 256; }
+  // Ints: num_chunks [1], chunk_t0, chunk_n [max], piece_first, piece_count [P].
+  __host__ __device__ int64_t IntBytes() const { return ((1 + 2 * max_chunks + 2 * int64_t{P}) * 4 + 255) / 256 * 256; }
   // Per (chunk, key head): W then Q~ [2 kC][Kp], K^ [kC][Kp], M [kC][kC], e^(G_C) [Kp].
   __host__ __device__ int64_t KeyFloats() const { return 3 * kC * int64_t{Kp} + kC * kC + Kp; }
   __host__ __device__ int64_t ValueFloats() const { return kC * int64_t{Vp}; }
@@ -139,7 +139,6 @@ Layout MakeLayout(int64_t num_tokens, int num_pieces, int H, int HV, int K, int 
 
 struct Table {
   int32_t* num_chunks;
-  int32_t* chunk_piece;
   int32_t* chunk_t0;
   int32_t* chunk_n;
   int32_t* piece_first;
@@ -152,8 +151,7 @@ Table MakeTable(void* ws, const Layout& l) {
   auto* ints = static_cast<int32_t*>(ws);
   Table t;
   t.num_chunks = ints;
-  t.chunk_piece = ints + 1;
-  t.chunk_t0 = t.chunk_piece + l.max_chunks;
+  t.chunk_t0 = ints + 1;
   t.chunk_n = t.chunk_t0 + l.max_chunks;
   t.piece_first = t.chunk_n + l.max_chunks;
   t.piece_count = t.piece_first + l.P;
@@ -176,7 +174,6 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
     // names a piece twice could pass it: such chunks are dropped, not written
     // past the table.
     for (int64_t t0 = s; t0 < e && c < l.max_chunks; t0 += kC) {
-      t.chunk_piece[c] = p;
       t.chunk_t0[c] = static_cast<int32_t>(t0);
       t.chunk_n[c] = static_cast<int32_t>(e - t0 < kC ? e - t0 : kC);
       ++c;
@@ -190,7 +187,7 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 // Phase 1, a block per (chunk, key head), channels in slices of kSl so that
 // two blocks fit an SM. Shared memory (floats), row strides ss = kSl + 4 and
 // as = kC + 4: Q, K, E, G [kC][ss] (one slice); K' [6 kSub][ss] (sub-chunk
-// rows 1..3 stacked, later T's scratch, then Z); A, M, T [kC][as]; the q/k
+// rows 1..3 stacked, later T's scratch; Z goes to Q's space); A, M, T [kC][as]; the q/k
 // norm factors [2][kC]; sub-chunk decay sums [4][kSl].
 //   Pass 0: the q/k norm factors of the chunk's tokens.
 //   Pass 1, per slice: gates; G; Q~, K^, e^(G_C) out, E~ staged in W's
@@ -269,6 +266,22 @@ __device__ __forceinline__ void OffTile(int j, bool* is_m, int* s, int* n0) {
   *is_m = j >= 12;
   *s = jj < 2 ? 1 : jj < 6 ? 2 : 3;
   *n0 = (jj - (*s == 1 ? 0 : *s == 2 ? 2 : 6)) * 8;
+}
+
+// out[t][j] (row stride ld, global) = (T X)[t][j] for a slice X [kC][Ss] of
+// kSl columns in shared memory, T [kC][As] lower triangular: a 16 x 8 tile a
+// warp at a time, k only up to the tile's last row.
+template <int kWarps, ChunkMath kMath>
+__device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+  for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
+    const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
+    float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    WarpMma<1, false, false, kMath>(acc, sT, Smem1::As, m0, sX, Smem1::Ss, n0, 0, m0 + 16);
+    const int c = n0 + 2 * tq;
+    *reinterpret_cast<float2*>(&out[(m0 + g) * ld + c]) = make_float2(acc[0][0], acc[0][1]);
+    *reinterpret_cast<float2*>(&out[(m0 + g + 8) * ld + c]) = make_float2(acc[0][2], acc[0][3]);
+  }
 }
 
 template <ChunkMath kMath>
@@ -481,14 +494,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       sE[(i / kSl) * ss + i % kSl] = e[u];
     }
     __syncthreads();
-    for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
-      const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
-      float w[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-      WarpMma<1, false, false, kMath>(w, sT, as, m0, sE, ss, n0, 0, m0 + 16);
-      const int c = c0 + n0 + 2 * tq;
-      *reinterpret_cast<float2*>(&oW[(m0 + g) * Kp + c]) = make_float2(w[0][0], w[0][1]);
-      *reinterpret_cast<float2*>(&oW[(m0 + g + 8) * Kp + c]) = make_float2(w[0][2], w[0][3]);
-    }
+    TimesT<kWarps, kMath>(sT, sE, oW + c0, Kp);
     __syncthreads();  // E free for the next slice
   }
 
@@ -515,14 +521,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         sZ[(i / kSl) * ss + i % kSl] = chunk_common::Sigmoid(wv[u]) * vv[u];
       }
       __syncthreads();
-      for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
-        const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
-        float u[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-        WarpMma<1, false, false, kMath>(u, sT, as, m0, sZ, ss, n0, 0, m0 + 16);
-        const int c = v0 + n0 + 2 * tq;
-        *reinterpret_cast<float2*>(&oU[(m0 + g) * l.Vp + c]) = make_float2(u[0][0], u[0][1]);
-        *reinterpret_cast<float2*>(&oU[(m0 + g + 8) * l.Vp + c]) = make_float2(u[0][2], u[0][3]);
-      }
+      TimesT<kWarps, kMath>(sT, sZ, oU + v0, l.Vp);
       __syncthreads();
     }
   }
@@ -680,11 +679,7 @@ cudaError_t LaunchPhase2(const Gdn2RecurrentArgs& a, const Layout& l, const Tabl
                          cudaStream_t stream) {
   const size_t bytes = Smem2<kTV>::Floats(l.Kp) * sizeof(float);
   auto* kernel = Phase2Kernel<kTV, kMath>;
-  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(bytes));
-      e != cudaSuccess) {
-    return e;
-  }
+  if (cudaError_t e = chunk_common::AllowSharedBytes(kernel, bytes); e != cudaSuccess) return e;
   kernel<<<dim3((a.V + kTV - 1) / kTV, a.HV, blocks_z), kThreads2, bytes, stream>>>(a, l, t);
   return cudaGetLastError();
 }
@@ -692,22 +687,16 @@ cudaError_t LaunchPhase2(const Gdn2RecurrentArgs& a, const Layout& l, const Tabl
 template <ChunkMath kMath>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, int blocks_z, cudaStream_t stream) {
   const size_t b1 = Smem1::Floats() * sizeof(float);
-  if (cudaError_t e = cudaFuncSetAttribute(Phase1Kernel<kMath>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(b1));
-      e != cudaSuccess) {
-    return e;
-  }
+  if (cudaError_t e = chunk_common::AllowSharedBytes(Phase1Kernel<kMath>, b1); e != cudaSuccess) return e;
   Phase1Kernel<kMath><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   // The widest value tile that still gives every SM a block (the state tile
   // chain is the sequential part, so a long lone sequence splits finer) and
   // fits the device's shared memory (an A100 takes 16 and 32 columns only).
-  int dev = 0, sms = 132, optin = 0;
-  if (cudaGetDevice(&dev) == cudaSuccess) {
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  }
-  auto fits = [&](size_t floats) { return floats * sizeof(float) <= static_cast<size_t>(optin); };
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const size_t optin = chunk_common::OptinSharedBytes();
+  auto fits = [&](size_t floats) { return floats * sizeof(float) <= optin; };
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;
   switch (a.value_tile) {
     case 0: break;
@@ -733,17 +722,11 @@ size_t Gdn2ChunkedWYWorkspaceBytes(int64_t num_tokens, int num_pieces, int H, in
 
 bool Gdn2ChunkedWYSupported(int K) {
   if (K < 1 || K > kMaxK) return false;
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
   // Phase 1 and the narrowest state tile must fit; wider tiles are taken
   // where they fit too.
   const int Kp = RoundUp(K, kSl);
   const size_t need = Smem1::Floats() > Smem2<16>::Floats(Kp) ? Smem1::Floats() : Smem2<16>::Floats(Kp);
-  return static_cast<size_t>(optin) >= need * sizeof(float);
+  return chunk_common::OptinSharedBytes() >= need * sizeof(float);
 }
 
 cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& a, ChunkMath math, void* workspace, size_t workspace_bytes,
