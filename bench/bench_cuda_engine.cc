@@ -286,24 +286,26 @@ int main(int argc, char** argv) {
   // token-by-token recurrence kernel and with the chunkwise one.
   const double layer_flops_per_token =
       2.0 * (params - embed_params - (cfg.tie_word_embeddings ? 0 : embed_params));
-  enum class Kernel { kRecurrent, kChunked, kChunkedWY };
-  for (const Kernel kernel : {Kernel::kRecurrent, Kernel::kChunked, Kernel::kChunkedWY}) {
+  // The JSON names are those of earlier reports (bench/gpu_results/).
+  struct PrefillRun {
+    gdnserve::PrefillKernel kernel;
+    const char* name;
+    const char* label;
+  };
+  for (const PrefillRun& run : {PrefillRun{gdnserve::PrefillKernel::kRecurrent, "recurrent", "token-by-token"},
+                                PrefillRun{gdnserve::PrefillKernel::kChunkSimt, "chunked", "one-pass chunkwise"},
+                                PrefillRun{gdnserve::PrefillKernel::kChunk, "chunked_wy", "tensor-core chunkwise"}}) {
     if (only == "decode") break;
-    const char* name = kernel == Kernel::kChunkedWY ? "chunked_wy" : kernel == Kernel::kChunked ? "chunked" : "recurrent";
+    const char* name = run.name;
     if (!absl::StrContains("," + prefill_kernels + ",", absl::StrCat(",", name, ","))) continue;
-    const bool chunked = kernel != Kernel::kRecurrent;
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch,
-                                                         .bf16 = !f32,
-                                                         .cuda_graphs = true,
-                                                         .chunked_prefill = chunked,
-                                                         .chunked_wy = kernel == Kernel::kChunkedWY});
+    auto created = gdnserve::CreateCudaBackend(
+        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = true, .prefill_kernel = run.kernel});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     report["state_bytes_per_sequence"] = be.state_pool().layout().bytes_per_slot();
-    std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n",
-                kernel == Kernel::kChunkedWY ? "tensor-core chunkwise" : chunked ? "one-pass chunkwise" : "token-by-token",
+    std::printf("\nprefill, %s GDN-2 kernel (GEMM FLOP floor %.0f tokens/s)\n", run.label,
                 flops / layer_flops_per_token);
     std::printf("%6s %8s %10s %14s %10s %10s\n", "seqs", "tokens", "seconds", "tokens/s", "x floor", "GPU GB");
     {

@@ -1,5 +1,7 @@
 #include "engine/backend_factory.h"
 
+#include <optional>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -11,6 +13,13 @@ namespace gdnserve {
 namespace {
 
 bool IsCuda(const std::string& device) { return device == "cuda" || absl::StartsWith(device, "cuda:"); }
+
+std::optional<PrefillKernel> ParsePrefillKernel(const std::string& name) {
+  if (name == "chunk") return PrefillKernel::kChunk;
+  if (name == "chunk-simt") return PrefillKernel::kChunkSimt;
+  if (name == "recurrent") return PrefillKernel::kRecurrent;
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -25,7 +34,7 @@ absl::Status CheckBackendSpec(const BackendSpec& spec) {
   if (spec.dtype != "auto" && spec.dtype != "f32" && spec.dtype != "bf16") {
     return absl::InvalidArgumentError(absl::StrFormat("--dtype must be auto, f32 or bf16, got %s", spec.dtype));
   }
-  if (spec.prefill_kernel != "chunk" && spec.prefill_kernel != "chunk-simt" && spec.prefill_kernel != "recurrent") {
+  if (!ParsePrefillKernel(spec.prefill_kernel)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "--prefill-kernel must be chunk, chunk-simt or recurrent, got %s", spec.prefill_kernel));
   }
@@ -64,8 +73,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
                                                 .device = *ordinal,
                                                 .bf16 = spec.dtype != "f32",
                                                 .cuda_graphs = spec.cuda_graphs,
-                                                .chunked_prefill = spec.prefill_kernel != "recurrent",
-                                                .chunked_wy = spec.prefill_kernel == "chunk",
+                                                .prefill_kernel = *ParsePrefillKernel(spec.prefill_kernel),
                                                 .batch_invariant = spec.batch_invariant});
 }
 

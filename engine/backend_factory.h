@@ -18,9 +18,8 @@ struct BackendSpec {
   int num_threads = 0;         // cpu: 0 = OpenMP/OpenBLAS default
   bool cuda_graphs = true;
   bool batch_invariant = false;  // cuda: decode rows through fixed GEMM algorithms too
-  // cuda: the GDN-2 kernel for prompt pieces: "chunk" (tensor-core
-  // chunkwise), "chunk-simt" (float32 one-pass chunkwise) or "recurrent"
-  // (token by token).
+  // cuda: the GDN-2 kernel for prompt pieces (PrefillKernel): "chunk",
+  // "chunk-simt" or "recurrent".
   std::string prefill_kernel = "chunk";
 };
 

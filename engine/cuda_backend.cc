@@ -278,8 +278,11 @@ absl::Status CudaBackend::Init() {
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
   GDN_CUBLAS_RETURN(cublasSetStream(cublas_, stream_));
   GDN_CUBLAS_RETURN(cublasLtCreate(&lt_));
-  use_chunk_ = options_.chunked_prefill && (options_.chunked_wy ? cuda::Gdn2ChunkedWYSupported(cfg_.head_dim)
-                                                                 : cuda::Gdn2ChunkSupported(cfg_.head_dim));
+  switch (options_.prefill_kernel) {
+    case PrefillKernel::kChunk: use_chunk_ = cuda::Gdn2ChunkedWYSupported(cfg_.head_dim); break;
+    case PrefillKernel::kChunkSimt: use_chunk_ = cuda::Gdn2ChunkSupported(cfg_.head_dim); break;
+    case PrefillKernel::kRecurrent: use_chunk_ = false; break;
+  }
   if (absl::Status s = cublas_workspace_.Reserve(32 << 20); !s.ok()) return s;
   GDN_CUBLAS_RETURN(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
   // float32 weights stay float32 all the way (no TF32).
@@ -571,7 +574,7 @@ absl::Status CudaBackend::ForwardImpl(absl::Span<const SeqPiece> batch, ForwardO
       split_.rec_max_len = std::max(split_.rec_max_len, n);
     }
   }
-  if (options_.chunked_wy && split_.num_chunk > 0) {
+  if (options_.prefill_kernel == PrefillKernel::kChunk && split_.num_chunk > 0) {
     const size_t bytes = cuda::Gdn2ChunkedWYWorkspaceBytes(T, P, cfg_.num_heads, cfg_.num_v_heads, cfg_.head_dim,
                                                            cfg_.head_v_dim);
     if (bytes > chunk_ws_.bytes()) ++workspace_gen_;  // captured graphs hold the old pointer
@@ -817,7 +820,7 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       c.piece_list = split_.chunk_list;
       c.num_listed = split_.num_chunk;
     }
-    if (options_.chunked_wy) {
+    if (options_.prefill_kernel == PrefillKernel::kChunk) {
       // bf16 weights: TF32 products are well inside the bf16 model's error;
       // float32 weights keep float32 accuracy (three TF32 products).
       const cuda::ChunkMath math = options_.bf16 ? cuda::ChunkMath::kTf32 : cuda::ChunkMath::kTf32x3;

@@ -13,18 +13,19 @@
 
 namespace gdnserve {
 
+// The GDN-2 kernel for prompt pieces: the tensor-core chunkwise one
+// (gdn2_chunk_wy.cu: 108K / 116K tokens/s for 1 / 8 sequences on the 1.3B
+// shape, H100), the float32 one-pass chunkwise one (16K / 50K) or token by
+// token (30K / 60K). A chunk kernel the device cannot run falls back to token
+// by token.
+enum class PrefillKernel { kChunk, kChunkSimt, kRecurrent };
+
 struct CudaBackendOptions {
   int num_slots = 16;  // state slots (concurrent sequences), in GPU memory
   int device = 0;      // CUDA device ordinal
   bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
   bool cuda_graphs = true;  // decode steps replay a CUDA graph per batch size
-  // Prompt pieces through a chunkwise kernel (else token by token: 30K / 60K
-  // tokens/s for 1 / 8 sequences on the 1.3B shape, H100).
-  bool chunked_prefill = true;
-  // With chunked_prefill: the tensor-core chunkwise kernel (every chunk's
-  // own work in parallel, then the state's passage; gdn2_chunk_wy.cu: 97K /
-  // 103K tokens/s, H100) instead of the float32 one-pass one (16K / 50K).
-  bool chunked_wy = true;
+  PrefillKernel prefill_kernel = PrefillKernel::kChunk;
   // Decode rows through fixed GEMM algorithms too (prompt rows always are):
   // every row's logits independent of the batch it ran in, at some cost in
   // decode speed at batch sizes the fixed algorithm does not suit.

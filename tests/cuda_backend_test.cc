@@ -27,9 +27,8 @@ using testing::HaveGpu;
 struct Param {
   std::string model;  // under GDNSERVE_TEST_MODELS, or a path
   bool bf16;
-  bool chunked = false;  // prefill pieces through the chunkwise kernel
-  bool graphs = true;    // decode steps as CUDA graphs
-  bool wy = false;       // with chunked: the tensor-core chunk kernel (else the float32 one-pass one)
+  PrefillKernel prefill = PrefillKernel::kRecurrent;
+  bool graphs = true;  // decode steps as CUDA graphs
 };
 
 std::string ModelPath(const std::string& m) {
@@ -53,8 +52,7 @@ class CudaBackendTest : public ::testing::TestWithParam<Param> {
     auto gpu = CreateCudaBackend(weights, {.num_slots = 8,
                                            .bf16 = GetParam().bf16,
                                            .cuda_graphs = GetParam().graphs,
-                                           .chunked_prefill = GetParam().chunked,
-                                           .chunked_wy = GetParam().wy});
+                                           .prefill_kernel = GetParam().prefill});
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = std::move(*gpu);
     rng_.seed(testing::TestSeed() + std::hash<std::string>{}(GetParam().model) + GetParam().bf16);
@@ -404,24 +402,26 @@ TEST_P(CudaBackendTest, BadInputIsAnErrorNotACrash) {
 std::string Name(const ::testing::TestParamInfo<Param>& info) {
   std::string m = info.param.model;
   std::replace_if(m.begin(), m.end(), [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); }, '_');
-  return m + (info.param.bf16 ? "_bf16" : "_f32") + (info.param.chunked ? "_chunked" : "") +
-         (info.param.graphs ? "" : "_nographs") + (info.param.wy ? "_wy" : "");
+  const PrefillKernel k = info.param.prefill;
+  return m + (info.param.bf16 ? "_bf16" : "_f32") + (k != PrefillKernel::kRecurrent ? "_chunked" : "") +
+         (info.param.graphs ? "" : "_nographs") + (k == PrefillKernel::kChunk ? "_wy" : "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBackendTest,
                          ::testing::Values(Param{"tiny", false}, Param{"tiny", true}, Param{"tiny_gva", false},
                                            Param{"tiny_gva", true}, Param{GDNSERVE_BUNDLED_MODEL, false},
                                            Param{GDNSERVE_BUNDLED_MODEL, true},
-                                           // The chunkwise prefill kernel in mixed batches (off by default).
-                                           Param{"tiny", false, true}, Param{"tiny_gva", false, true},
-                                           Param{GDNSERVE_BUNDLED_MODEL, false, true},
-                                           Param{GDNSERVE_BUNDLED_MODEL, true, true},
+                                           // The float32 one-pass chunk kernel in mixed batches.
+                                           Param{"tiny", false, PrefillKernel::kChunkSimt},
+                                           Param{"tiny_gva", false, PrefillKernel::kChunkSimt},
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, PrefillKernel::kChunkSimt},
+                                           Param{GDNSERVE_BUNDLED_MODEL, true, PrefillKernel::kChunkSimt},
                                            // Decode without CUDA graphs.
-                                           Param{GDNSERVE_BUNDLED_MODEL, false, false, false},
-                                           // The three-phase chunk kernel.
-                                           Param{"tiny_gva", false, true, true, true},
-                                           Param{GDNSERVE_BUNDLED_MODEL, false, true, true, true},
-                                           Param{GDNSERVE_BUNDLED_MODEL, true, true, true, true}),
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, PrefillKernel::kRecurrent, false},
+                                           // The tensor-core chunk kernel (the default).
+                                           Param{"tiny_gva", false, PrefillKernel::kChunk},
+                                           Param{GDNSERVE_BUNDLED_MODEL, false, PrefillKernel::kChunk},
+                                           Param{GDNSERVE_BUNDLED_MODEL, true, PrefillKernel::kChunk}),
                          Name);
 
 }  // namespace
