@@ -1,6 +1,7 @@
 // Each CUDA kernel of kernels/cuda/ops.h against its CPU twin (kernels/cpu)
 // on fresh random inputs: packed variable-length batches, several head shapes,
 // extreme gates. Skips cleanly without a GPU.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -107,12 +108,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
                      double tol = 1e-4, bool bf16_inputs = false) {
   // bf16 inputs: every input rounded to bf16 first (the kernel and its twin see the same values).
   auto RoundBf16 = [](std::vector<float>& v) {
-    for (float& x : v) {
-      uint32_t u;
-      std::memcpy(&u, &x, 4);
-      u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-      std::memcpy(&x, &u, 4);
-    }
+    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
   };
   auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
     std::normal_distribution<float> d(mean, scale);
