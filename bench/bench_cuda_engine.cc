@@ -9,7 +9,13 @@
 //   bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]
 //                     [--prefill 2048,8192] [--prefill-seqs 1,8] [--chunk 8192] [--steps 30] [--json FILE]
 //                     [--only decode|prefill] [--prefill-kernels recurrent,chunked,chunked_wy]
+//                     [--profile-step]
+//
+// --profile-step: after each decode batch is timed, one more step runs between
+// cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off`
+// (bench/gpu/profile_decode.sh) times exactly one step's kernels.
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -119,14 +125,14 @@ const char* kUsage =
     "usage: bench_cuda_engine [--model DIR | --shape gdn2_1.3b] [--f32] [--batches 1,4,8,16,64,256]\n"
     "                         [--prefill 2048,8192,32768,65536] [--prefill-seqs 1,8] [--chunk 8192]\n"
     "                         [--steps 30] [--json FILE] [--only decode|prefill]\n"
-    "                         [--prefill-kernels recurrent,chunked,chunked_wy]\n"
+    "                         [--prefill-kernels recurrent,chunked,chunked_wy] [--profile-step]\n"
     "Times the CUDA backend against this GPU's measured copy bandwidth and bf16 GEMM rate.\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model, shape = "gdn2_1.3b", json_path, only, prefill_kernels = "recurrent,chunked,chunked_wy";
-  bool f32 = false;
+  bool f32 = false, profile_step = false;
   std::vector<int> batches = {1, 4, 8, 16, 64, 256}, prefill = {2048, 8192, 32768, 65536}, prefill_seqs = {1, 8};
   int chunk = 8192, steps = 30;
   for (int i = 1; i < argc; ++i) {
@@ -143,6 +149,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json_path = next();
     else if (a == "--only") only = next();
     else if (a == "--prefill-kernels") prefill_kernels = next();
+    else if (a == "--profile-step") profile_step = true;
     else {
       std::fputs(kUsage, a == "--help" ? stdout : stderr);
       return a == "--help" ? 0 : 1;
@@ -270,6 +277,13 @@ int main(int argc, char** argv) {
         const auto t = Clock::now();
         step();
         times.push_back(Since(t));
+      }
+      if (profile_step) {
+        CHECK_CUDA(cudaDeviceSynchronize());
+        CHECK_CUDA(cudaProfilerStart());
+        step();
+        CHECK_CUDA(cudaDeviceSynchronize());
+        CHECK_CUDA(cudaProfilerStop());
       }
       std::sort(times.begin(), times.end());
       const double med = times[times.size() / 2];

@@ -103,9 +103,12 @@ using Gdn2Kernel = cudaError_t (*)(const cuda::Gdn2RecurrentArgs&, cudaStream_t)
 // subset (the others' slots must stay untouched).
 // aligned: slots at 16-byte boundaries (the backend's layout for K % 4 == 0,
 // which takes the kernels' vector state path); else offset by odd amounts.
+// heavy_runs: in each piece, tokens [5, 53) of every 64 saturate the decay (log
+// decay about -100 each) and the others barely decay (about -0.1): nearby light
+// tokens after a heavy run have large, nearly equal cumulative decays.
 void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const std::vector<int>& lengths,
                      bool use_list, std::mt19937_64& rng, bool aligned = false, int rows_per_warp = 0,
-                     double tol = 1e-4, bool bf16_inputs = false) {
+                     double tol = 1e-4, bool bf16_inputs = false, bool heavy_runs = false) {
   // bf16 inputs: every input rounded to bf16 first (the kernel and its twin see the same values).
   auto RoundBf16 = [](std::vector<float>& v) {
     for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
@@ -138,6 +141,20 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         std::vector<float> w = Normal(T * value_dim, extreme ? 8.0f : 1.0f);
         std::vector<float> a_log = Normal(sh.H, 0.5f, extreme ? std::log(50.0f) : 0.0f);
         std::vector<float> dt_bias = Normal(key_dim, 0.5f, extreme ? 1.0f : -2.0f);
+        if (heavy_runs) {  // -50 softplus(g): g ~ 2 gives about -106, g ~ -7 about -0.05
+          std::fill(a_log.begin(), a_log.end(), std::log(50.0f));
+          std::fill(dt_bias.begin(), dt_bias.end(), 0.0f);
+          for (int p = 0; p < static_cast<int>(lengths.size()); ++p) {
+            for (int64_t t = b.start[p]; t < b.start[p + 1]; ++t) {
+              const int64_t j = (t - b.start[p]) % 64;
+              const bool heavy = j >= 5 && j < 53;
+              for (int64_t c = 0; c < key_dim; ++c) {
+                float& x = g[t * key_dim + c];
+                x = heavy ? 2.0f + 0.1f * x : -7.0f + 0.5f * x;
+              }
+            }
+          }
+        }
         if (bf16_inputs) {
           for (auto* x : {&qk, &v, &g, &bb, &w}) RoundBf16(*x);
         }
@@ -242,6 +259,7 @@ TEST_F(CudaKernelTest, RecurrentMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const std::vector<Shape> shapes = {{2, 2, 16, 16}, {2, 4, 64, 32}, {4, 4, 128, 128}, {1, 2, 256, 64}, {2, 2, 48, 40}};
   CheckGdn2Kernel(cuda::Gdn2Recurrent, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 1, 1}, false, rng_);
+  CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 128, 64}}, {64, 200, 17}, false, rng_, true, 0, 1e-4, false, true);
   CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 2, 64, 64}}, {1, 1, 1, 1, 1}, false, rng_);  // a decode batch
   CheckGdn2Kernel(cuda::Gdn2Recurrent, {{2, 4, 64, 32}}, {3, 1, 70, 1, 5}, true, rng_);
   // The vector state path (float4 for K 128/256, float2 for K 64), decode and prefill.
@@ -297,6 +315,9 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
     CheckGdn2Kernel(kernel, shapes, {1, 15, 16, 17, 63, 64, 65, 130, 200, 2}, false, rng_, false, 0, tol, tf32);
     CheckGdn2Kernel(kernel, {{2, 4, 64, 32}}, {300, 1, 70, 1, 64}, true, rng_, false, 0, tol, tf32);
     CheckGdn2Kernel(kernel, {{4, 4, 128, 128}}, {1, 65, 200, 1000}, false, rng_, true, 0, tol, tf32);
+    // Runs of saturated decays followed by light ones (G split in two floats).
+    CheckGdn2Kernel(kernel, {{2, 2, 128, 64}, {2, 2, 48, 40}}, {64, 200, 17, 130}, false, rng_, true, 0, tol, tf32,
+                    true);
   }
   // The wider state tiles (the pick takes them for many sequences), V not a
   // multiple of them.

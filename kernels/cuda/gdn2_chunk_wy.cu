@@ -186,9 +186,13 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 // ---------------------------------------------------------------------------
 // Phase 1, a block per (chunk, key head), channels in slices of kSl so that
 // two blocks fit an SM. Shared memory (floats), row strides ss = kSl + 4 and
-// as = kC + 4: Q, K, E, G [kC][ss] (one slice); K' [6 kSub][ss] (sub-chunk
+// as = kC + 4: Q, K, E, G, G' [kC][ss] (one slice); K' [6 kSub][ss] (sub-chunk
 // rows 1..3 stacked, later T's scratch; Z goes to Q's space); A, M, T [kC][as]; the q/k
-// norm factors [2][kC]; sub-chunk decay sums [4][kSl].
+// norm factors [2][kC]; sub-chunk decay sums [4][kSl] (double).
+//   The cumulative decay G is summed in double and kept as two floats, G (the
+// value rounded) and G' (what the rounding left), so that G_t - G_i of two
+// nearby tokens after a run of saturated ones (G ~ -1e3 for both) keeps
+// float32 accuracy: (G_t - G_i) is exact there and (G'_t - G'_i) adds the rest.
 //   Pass 0: the q/k norm factors of the chunk's tokens.
 //   Pass 1, per slice: gates; G; Q~, K^, e^(G_C) out, E~ staged in W's
 //     place; the diagonal 16 x 16 blocks of A and M pairwise (partial sums
@@ -200,16 +204,17 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 //   U = T Z per value head, kSl value columns at a time.
 struct Smem1 {
   static constexpr int Ss = kSl + 4, As = kC + 4;
-  static constexpr size_t Floats() { return (4 * kC + 6 * kSub) * Ss + 3 * kC * As + 2 * kC + 4 * kSl; }
+  static constexpr size_t Floats() { return (5 * kC + 6 * kSub) * Ss + 3 * kC * As + 2 * kC + 2 * 4 * kSl; }
 };
 
 // A slice [c0, c0 + kSl) of the chunk's inputs: q^, k^ (norm factors rq, rk),
-// e = b * k^, g; then G (inclusive cumulative sums; rows n.. the total).
-// Rows n.. and channels K.. zero (G: no decay). Ends with a barrier.
+// e = b * k^, g; then G, G' (inclusive cumulative sums in double, split in
+// two floats; rows n.. the total). Rows n.. and channels K.. zero (G: no
+// decay). Ends with a barrier.
 template <int kThreads>
 __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
                              const float* rq, const float* rk, float* sQ, float* sK, float* sE, float* sG,
-                             float* sSum) {
+                             float* sGl, double* sSum) {
   constexpr int ss = Smem1::Ss;
   const int K = a.K;
   const float neg_a = -expf(a.a_log[hk]);
@@ -239,23 +244,33 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
     sG[t * ss + c] = ok ? neg_a * chunk_common::Softplus(g[u]) : 0.0f;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {  // (channel, sub-chunk)
+  // Each sub-chunk's total, then the sums from the chunk's start (a thread per
+  // (channel, sub-chunk) both times).
+  for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {
     const int c = i % kSl, s = i / kSl;
-    float acc = 0.0f;
-    for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
-      acc += sG[t * ss + c];
-      sG[t * ss + c] = acc;
-    }
+    double acc = 0.0;
+    for (int t = s * kSub; t < (s + 1) * kSub; ++t) acc += sG[t * ss + c];
     sSum[s * kSl + c] = acc;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < 3 * kSl; i += kThreads) {
-    const int c = i % kSl, s = 1 + i / kSl;
-    float off = 0.0f;
-    for (int r = 0; r < s; ++r) off += sSum[r * kSl + c];
-    for (int t = s * kSub; t < (s + 1) * kSub; ++t) sG[t * ss + c] += off;
+  for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {
+    const int c = i % kSl, s = i / kSl;
+    double acc = 0.0;
+    for (int r = 0; r < s; ++r) acc += sSum[r * kSl + c];
+    for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
+      acc += sG[t * ss + c];
+      const float hi = static_cast<float>(acc);
+      sG[t * ss + c] = hi;
+      sGl[t * ss + c] = static_cast<float>(acc - hi);
+    }
   }
   __syncthreads();
+}
+
+// e^(G_t - G_i) from the split sums: the difference of the rounded values is
+// exact for nearby values, the remainders add what the rounding left.
+__device__ __forceinline__ float DecayBetween(const float* sG, const float* sGl, int t, int i) {
+  return __expf((sG[t] - sG[i]) + (sGl[t] - sGl[i]));
 }
 
 // Off-diagonal tiles of A and M (16 x 8 each): 12 per matrix, sub-chunk row
@@ -297,12 +312,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float* sK = sQ + kC * ss;
   float* sE = sK + kC * ss;
   float* sG = sE + kC * ss;
-  float* sX = sG + kC * ss;  // K' [6 kSub][ss]
+  float* sGl = sG + kC * ss;
+  float* sX = sGl + kC * ss;  // K' [6 kSub][ss]
   float* sA = sX + 6 * kSub * ss;
   float* sM = sA + kC * as;
   float* sT = sM + kC * as;
   float* sR = sT + kC * as;  // rq [kC], rk [kC]
-  float* sSum = sR + 2 * kC;
+  auto* sSum = reinterpret_cast<double*>(sR + 2 * kC);  // 8-byte aligned: every block above is even
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
@@ -359,27 +375,27 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
-    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sSum);
+    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
     // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
     // W's place (W = T E~ once T is known).
     for (int i = tid; i < kC * kSl; i += kThreads1) {
       const int t = i / kSl, c = i % kSl;
       const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
       oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
-      oK[t * Kp + c0 + c] = sK[t * ss + c] * __expf(gc - gt);
+      oK[t * Kp + c0 + c] = sK[t * ss + c] * DecayBetween(sG, sGl, (kC - 1) * ss + c, t * ss + c);
       oW[t * Kp + c0 + c] = sE[t * ss + c] * f;
       if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
     }
     // Diagonal blocks, pairwise: a warp per half of a sub-chunk's rows; lane
-    // = (column i of the sub-chunk, half of the slice's channels), k_i and
-    // G_i in registers, row t's values read by the whole warp at once.
+    // = (column i of the sub-chunk, half of the slice's channels), k_i e^(-G'_i)
+    // and G_i in registers, row t's values read by the whole warp at once.
     {
       constexpr int hw = kSl / 2;
       const int s = warp / 2, il = lane & 15, half = lane >> 4, i = s * kSub + il, cb = half * hw;
       float ki[hw], gi[hw];
 #pragma unroll
       for (int c = 0; c < hw; ++c) {
-        ki[c] = sK[i * ss + cb + c];
+        ki[c] = sK[i * ss + cb + c] * __expf(-sGl[i * ss + cb + c]);
         gi[c] = sG[i * ss + cb + c];
       }
       for (int t = s * kSub + (warp % 2) * (kSub / 2); t < s * kSub + (warp % 2 + 1) * (kSub / 2); ++t) {
@@ -387,7 +403,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         if (i <= t) {
 #pragma unroll
           for (int c = 0; c < hw; ++c) {
-            const float kd = ki[c] * __expf(sG[t * ss + cb + c] - gi[c]);
+            const float kd = ki[c] * __expf((sG[t * ss + cb + c] - gi[c]) + sGl[t * ss + cb + c]);
             av += sE[t * ss + cb + c] * kd;
             mv += sQ[t * ss + cb + c] * kd;
           }
@@ -405,14 +421,14 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     // K'(s)_i = k_i e^(G_r - G_i) for i < 16 s; r = 16 s - 1.
     for (int i = tid; i < 3 * kSub * kSl; i += kThreads1) {
       const int t = kSub + i / kSl, c = i % kSl, r = t / kSub * kSub - 1;
-      const float f = __expf(sG[t * ss + c] - sG[r * ss + c]);
+      const float f = DecayBetween(sG, sGl, t * ss + c, r * ss + c);
       sE[t * ss + c] *= f;
       sQ[t * ss + c] *= f;
     }
     for (int i = tid; i < 6 * kSub * kSl; i += kThreads1) {
       const int row = i / kSl, c = i % kSl;
       const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
-      sX[row * ss + c] = sK[t * ss + c] * __expf(sG[r * ss + c] - sG[t * ss + c]);
+      sX[row * ss + c] = sK[t * ss + c] * DecayBetween(sG, sGl, r * ss + c, t * ss + c);
     }
     __syncthreads();
 #pragma unroll
