@@ -249,7 +249,9 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
               want_tail.insert(want_tail.end(), &want_out[t * value_dim], &want_out[(t + 1) * value_dim]);
             }
           }
-          if (!want_tail.empty()) EXPECT_LE(RelErr(got_tail, want_tail), tol) << "tokens after a saturated run";
+          if (!want_tail.empty()) {
+            EXPECT_LE(RelErr(got_tail, want_tail), tol) << "tokens after a saturated run";
+          }
         }
         const std::vector<float> got_pool = d_pool.host();
         EXPECT_LE(RelErr(got_pool, want_pool), tol);
