@@ -121,7 +121,9 @@ class DeviceBuffer {
 };
 
 struct DeviceLayer {
-  DeviceBuffer attn_norm, in_proj, conv, f_up, g_up, g_bias, a_log, dt_bias, o_norm, o_proj, mlp_norm, gate_up,
+  // fg_up: the two low-rank up projections as one block-diagonal matrix
+  // [[f_up, 0], [0, g_up]] ((key_dim + value_dim) x 2V): one GEMM from [f0 | g0].
+  DeviceBuffer attn_norm, in_proj, conv, fg_up, g_bias, a_log, dt_bias, o_norm, o_proj, mlp_norm, gate_up,
       down;
 };
 
@@ -225,7 +227,9 @@ class CudaBackend final : public Backend {
   char* draw_pinned_ = nullptr;
   size_t draw_pinned_cap_ = 0;
   DeviceBuffer draw_dev_, draw_work_;
-  DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fa_, f_, ga_, z_, o_, oa_, gu_, act_, logits_;
+  // fga_: [f0 | g0] in the activation type; fz_: [f | z] (the decay
+  // pre-activation and the output gate), float32.
+  DeviceBuffer ints_, x_, h_, proj_out_, qkv_, fga_, fz_, o_, oa_, gu_, act_, logits_;
   int64_t cap_T_ = 0, cap_R_ = 0;
   DeviceBuffer cublas_workspace_;  // fixed, so cuBLAS allocates nothing inside a graph capture
   DeviceBuffer chunk_ws_;          // the tensor-core chunk kernel's table and factors
@@ -273,6 +277,9 @@ absl::Status CudaBackend::Init() {
     return absl::InvalidArgumentError(
         absl::StrFormat("head_dim %d: the CUDA backend's kernels take head_dim <= 256", cfg_.head_dim));
   }
+  if (proj_.g0 != proj_.f0 + cfg_.head_v_dim) {  // the f/g up projection reads [f0 | g0] as one row
+    return absl::InternalError("in_proj layout: g0 does not follow f0");
+  }
   GDN_CUDA_RETURN(cudaSetDevice(options_.device));
   GDN_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   GDN_CUBLAS_RETURN(cublasCreate(&cublas_));
@@ -307,11 +314,15 @@ absl::Status CudaBackend::Init() {
       if (absl::Status s = up(*buf, *host, DType::kF32); !s.ok()) return s;
     }
     const std::pair<DeviceBuffer*, const std::vector<float>*> mats[] = {
-        {&d.in_proj, &lw.in_proj}, {&d.f_up, &lw.f_up},       {&d.g_up, &lw.g_up},
-        {&d.o_proj, &lw.o_proj},   {&d.gate_up, &lw.gate_up}, {&d.down, &lw.down}};
+        {&d.in_proj, &lw.in_proj}, {&d.o_proj, &lw.o_proj}, {&d.gate_up, &lw.gate_up}, {&d.down, &lw.down}};
     for (const auto& [buf, host] : mats) {
       if (absl::Status s = up(*buf, *host, wtype_); !s.ok()) return s;
     }
+    const int64_t V = cfg_.head_v_dim, kd = cfg_.key_dim, vd = cfg_.value_dim;
+    std::vector<float> fg(static_cast<size_t>((kd + vd) * 2 * V), 0.0f);
+    for (int64_t r = 0; r < kd; ++r) std::copy_n(&lw.f_up[r * V], V, &fg[r * 2 * V]);
+    for (int64_t r = 0; r < vd; ++r) std::copy_n(&lw.g_up[r * V], V, &fg[(kd + r) * 2 * V + V]);
+    if (absl::Status s = up(d.fg_up, fg, wtype_); !s.ok()) return s;
   }
   if (absl::Status s = states_.Reserve(static_cast<size_t>(options_.num_slots) * layout_.bytes_per_slot());
       !s.ok()) {
@@ -478,10 +489,8 @@ absl::Status CudaBackend::Reserve(int64_t T, int64_t R, int num_pieces) {
       {&h_, std::max(T, R) * d * a},
       {&proj_out_, T * proj_.total * 4},
       {&qkv_, T * layout_.conv_channels * 4},
-      {&fa_, T * V * a},
-      {&f_, T * key_dim * 4},
-      {&ga_, T * V * a},
-      {&z_, T * value_dim * 4},
+      {&fga_, T * 2 * V * a},
+      {&fz_, T * (key_dim + value_dim) * 4},
       {&o_, T * value_dim * 4},
       {&oa_, T * value_dim * a},
       {&gu_, T * 2 * I * 4},
@@ -773,12 +782,17 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.attn_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
   if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
   float* proj = proj_out_.f();
-  GDN_CUDA_RETURN(cuda::ConvSilu(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C, stream_));
-  GDN_CUDA_RETURN(cuda::ConvStateUpdate(proj + proj_.q, P, C, cfg_.conv_size, pieces, st, stream_));
-  GDN_CUDA_RETURN(cuda::Convert(proj + proj_.f0, T, V, P, fa_.get(), at, V, stream_));
-  if (absl::Status s = Gemm(fa_.get(), V, T, V, lw.f_up, key_dim, f_.f(), key_dim, false); !s.ok()) return s;
-  GDN_CUDA_RETURN(cuda::Convert(proj + proj_.g0, T, V, P, ga_.get(), at, V, stream_));
-  if (absl::Status s = Gemm(ga_.get(), V, T, V, lw.g_up, value_dim, z_.f(), value_dim, false); !s.ok()) return s;
+  if (T == pieces.num_pieces) {  // a decode step: one token a piece, one launch
+    GDN_CUDA_RETURN(cuda::DecodeMixerPrep(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C,
+                                          proj_.f0 - proj_.q, 2 * V, fga_.get(), at, stream_));
+  } else {
+    GDN_CUDA_RETURN(
+        cuda::ConvSilu(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C, stream_));
+    GDN_CUDA_RETURN(cuda::ConvStateUpdate(proj + proj_.q, P, C, cfg_.conv_size, pieces, st, stream_));
+    GDN_CUDA_RETURN(cuda::Convert(proj + proj_.f0, T, 2 * V, P, fga_.get(), at, 2 * V, stream_));
+  }
+  const int64_t FZ = key_dim + value_dim;
+  if (absl::Status s = Gemm(fga_.get(), 2 * V, T, 2 * V, lw.fg_up, FZ, fz_.f(), FZ, false); !s.ok()) return s;
 
   cuda::Gdn2RecurrentArgs g;
   g.q = qkv_.f();
@@ -786,8 +800,8 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   g.qk_stride = C;
   g.v = qkv_.f() + 2 * key_dim;
   g.v_stride = C;
-  g.g = f_.f();
-  g.g_stride = key_dim;
+  g.g = fz_.f();
+  g.g_stride = FZ;
   g.b = proj + proj_.b;
   g.b_stride = P;
   g.w = proj + proj_.w;
@@ -829,7 +843,7 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
     }
   }
-  GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), z_.f(), value_dim, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
+  GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), fz_.f() + key_dim, FZ, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
                                      cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));
   if (absl::Status s = Gemm(oa_.get(), value_dim, T, value_dim, lw.o_proj, d, x_.f(), d, true); !s.ok()) return s;
 

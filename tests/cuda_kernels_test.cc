@@ -369,6 +369,58 @@ TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
   }
 }
 
+// The fused decode-step kernel (conv + SiLU, state shift, column conversion)
+// vs the same CPU twin, one token a piece, scattered slots, both output types.
+TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const int W : {1, 2, 4}) {
+    for (const cuda::DType ct : {cuda::DType::kF32, cuda::DType::kBF16}) {
+      const int P = 37, num_slots = P + 5;
+      std::vector<int> slots(num_slots);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng_);
+      slots.resize(P);
+      Batch b(std::vector<int>(P, 1), slots);
+      const int64_t C = 45, x_stride = 70, cvt0 = 50, cols = 20;
+      std::vector<float> x = Normal(P * x_stride), wts = Normal(C * W, 0.5f);
+      const int64_t slot_stride = 100 + std::max(W - 1, 1) * C, conv_offset = 100;
+      std::vector<float> pool = Normal(num_slots * slot_stride);
+      Dev<float> d_x(x), d_w(wts), d_pool(pool), d_out(P * C);
+      Dev<uint8_t> d_cvt(std::vector<uint8_t>(P * cols * 4, 0));
+      DevBatch db(b);
+      cuda::LayerStateRef st{d_pool.get(), slot_stride, 0, conv_offset};
+      ASSERT_EQ(cuda::DecodeMixerPrep(d_x.get(), x_stride, d_w.get(), C, W, db.pieces, st, d_out.get(), C, cvt0,
+                                      cols, d_cvt.get(), ct, nullptr),
+                cudaSuccess);
+      std::vector<float> want_pool = pool, want_out(P * C);
+      for (int p = 0; p < P; ++p) {
+        cpu::CausalConv1dSilu(&x[p * x_stride], x_stride, wts.data(), 1, C, W,
+                              &want_pool[slots[p] * slot_stride + conv_offset], &want_out[p * C], C);
+      }
+      SCOPED_TRACE(::testing::Message() << "W=" << W << " bf16=" << (ct == cuda::DType::kBF16));
+      EXPECT_LE(RelErr(d_out.host(), want_out), 1e-6);
+      EXPECT_EQ(d_pool.host(), want_pool);
+      const std::vector<uint8_t> got = d_cvt.host();
+      for (int p = 0; p < P; ++p) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = x[p * x_stride + cvt0 + c];
+          float g;
+          if (ct == cuda::DType::kF32) {
+            std::memcpy(&g, &got[(p * cols + c) * 4], 4);
+            ASSERT_EQ(g, v);
+          } else {
+            uint16_t h;
+            std::memcpy(&h, &got[(p * cols + c) * 2], 2);
+            const uint32_t u = static_cast<uint32_t>(h) << 16;
+            std::memcpy(&g, &u, 4);
+            ASSERT_EQ(g, __bfloat162float(__float2bfloat16_rn(v)));
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const int64_t T = 7, d = 300, HV = 3, V = 40, I = 130;

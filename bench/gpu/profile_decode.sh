@@ -20,12 +20,14 @@ if [[ ! -x build/engine-only/bench/bench_cuda_engine ]]; then
 fi
 cmake --build build/engine-only -j "$(nproc)" --target bench_cuda_engine > "$out/build_profile.log" 2>&1 \
   || { grep -E "error" "$out/build_profile.log" | head -40; exit 1; }
+# The raw logs go to one tarball ($OUT/ncu_decode.tar): only a few files come back from the GPU machine.
+logs=$(mktemp -d)
 for b in ${batches//,/ }; do
   timeout 400 ncu --clock-control none --profile-from-start off --csv \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
     build/engine-only/bench/bench_cuda_engine --only decode --batches "$b" --steps 5 --profile-step \
-    > "$out/ncu_decode_$b.csv" 2> "$out/ncu_decode_$b.err"
+    > "$logs/ncu_decode_$b.csv" 2> "$logs/ncu_decode_$b.err"
   echo "ncu batch $b: exit $?"
-  python3 bench/gpu/summarize_ncu.py "$out/ncu_decode_$b.csv" --split 2 --labels "graphs off,graphs on" --first 20 \
-    | tee "$out/ncu_decode_$b.txt"
+  python3 bench/gpu/summarize_ncu.py "$logs/ncu_decode_$b.csv" --split 2 --labels "graphs off,graphs on" --first 20 \
+    | tee "$logs/ncu_decode_$b.txt"
 done

@@ -97,6 +97,34 @@ __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t 
   }
 }
 
+// One thread per (piece, column): conv columns first (read the piece's state
+// rows, write the output, shift the state: the thread owns those entries),
+// then the columns to convert.
+__global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                                      DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride,
+                                      int64_t cvt0, int64_t cvt_cols, void* cvt, DType ct) {
+  const int64_t cols = C + cvt_cols, n = static_cast<int64_t>(pieces.num_pieces) * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / cols, c = i % cols;  // token t is piece t
+    if (c >= C) {
+      Store(cvt, ct, t * cvt_cols + c - C, x[t * x_stride + cvt0 + c - C]);
+      continue;
+    }
+    float* conv = st.base + pieces.slot[t] * st.slot_stride + st.conv_offset + c;
+    const float xv = x[t * x_stride + c];
+    float acc = w[c * W + W - 1] * xv;
+    float prev = W > 1 ? conv[0] : 0.0f;
+    for (int j = 0; j < W - 1; ++j) {
+      acc += w[c * W + j] * prev;
+      const float next = j + 1 < W - 1 ? conv[(j + 1) * C] : xv;
+      conv[j * C] = next;
+      prev = next;
+    }
+    out[t * out_stride + c] = Silu(acc);
+  }
+}
+
 // One warp per (token, value head).
 __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_stride, const float* z_bias,
                                    const float* weight, int64_t T, int HV, int V, float eps, void* out,
@@ -176,6 +204,17 @@ cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, 
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
   if (n == 0 || W < 2) return cudaSuccess;
   ConvStateUpdateKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, C, W, pieces, state);
+  return cudaGetLastError();
+}
+
+cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                            const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
+                            int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(pieces.num_pieces) * (C + cvt_cols);
+  if (n == 0) return cudaSuccess;
+  if (pieces.num_tokens != pieces.num_pieces || W < 1) return cudaErrorInvalidValue;
+  DecodeMixerPrepKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, w, C, W, pieces, state, out, out_stride,
+                                                            cvt0, cvt_cols, cvt, cvt_type);
   return cudaGetLastError();
 }
 

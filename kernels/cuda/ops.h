@@ -58,6 +58,14 @@ cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C
 cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, const DevicePieces& pieces,
                             const LayerStateRef& state, cudaStream_t stream);
 
+// A decode step's mixer inputs in one launch (every piece exactly one token,
+// so T = pieces.num_pieces): ConvSilu and ConvStateUpdate for the C conv
+// channels, and x's columns [cvt0, cvt0 + cvt_cols) converted to cvt_type
+// into cvt (row stride cvt_cols) as Convert does. Same results as those three.
+cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
+                            const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
+                            int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream);
+
 // The GDN-2 recurrence (DESIGN.md 1.2) over every token of every piece, state
 // read from and written back to the pieces' slots in place. Gate activations
 // and the q/k L2 norms are fused: inputs are raw (pre-activation).
