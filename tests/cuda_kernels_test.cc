@@ -400,6 +400,13 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
       SCOPED_TRACE(::testing::Message() << "W=" << W << " bf16=" << (ct == cuda::DType::kBF16));
       EXPECT_LE(RelErr(d_out.host(), want_out), 1e-6);
       EXPECT_EQ(d_pool.host(), want_pool);
+      // Bit for bit what the prefill path's ConvSilu gives (prefix snapshots
+      // continue like cold runs only if both paths round alike).
+      Dev<float> d_pool2(pool), d_out2(P * C);
+      const cuda::LayerStateRef st2{d_pool2.get(), slot_stride, 0, conv_offset};
+      ASSERT_EQ(cuda::ConvSilu(d_x.get(), x_stride, d_w.get(), C, W, db.pieces, st2, d_out2.get(), C, nullptr),
+                cudaSuccess);
+      EXPECT_EQ(d_out.host(), d_out2.host());
       const std::vector<uint8_t> got = d_cvt.host();
       for (int p = 0; p < P; ++p) {
         for (int64_t c = 0; c < cols; ++c) {

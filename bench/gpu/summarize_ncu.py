@@ -38,7 +38,7 @@ def parse(path):
 
 
 def kind(name):
-    name = name.replace("(anonymous namespace)::", "")
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     n = name.split("(")[0].split("<")[0].strip()
     n = re.sub(r"^void ", "", n)
     if "gemv" in name.lower() or "gemm" in name.lower() or n.startswith(("sm90_", "sm80_", "cutlass", "ampere", "nvjet")):

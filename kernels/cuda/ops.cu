@@ -112,8 +112,9 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
       continue;
     }
     float* conv = st.base + pieces.slot[t] * st.slot_stride + st.conv_offset + c;
+    // Taps summed oldest first, as ConvSilu does (bit-identical results).
     const float xv = x[t * x_stride + c];
-    float acc = w[c * W + W - 1] * xv;
+    float acc = 0.0f;
     float prev = W > 1 ? conv[0] : 0.0f;
     for (int j = 0; j < W - 1; ++j) {
       acc += w[c * W + j] * prev;
@@ -121,6 +122,7 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
       conv[j * C] = next;
       prev = next;
     }
+    acc += w[c * W + W - 1] * xv;
     out[t * out_stride + c] = Silu(acc);
   }
 }
