@@ -11,7 +11,8 @@
 //                     [--only decode|prefill] [--prefill-kernels recurrent,chunked,chunked_wy]
 //                     [--profile-step]
 //
-// --profile-step: after each decode batch is timed, one more step runs between
+// --profile-step: after each decode batch is timed (with the default
+// configuration: CUDA graphs on, the GEMV for small batches), one more step runs between
 // cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off`
 // (bench/gpu/profile_decode.sh) times exactly one step's kernels.
 #include <cublas_v2.h>
@@ -227,26 +228,37 @@ int main(int argc, char** argv) {
 
   // Decode steps as the server runs them: the forward (logits stay on the
   // device) and the tokens drawn on the device (temperature 1), without and
-  // then with CUDA graphs (the default).
+  // then with CUDA graphs (the default), then (batches <= 8, bf16) with
+  // graphs but cuBLAS in place of the decode GEMV.
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts
-  for (const bool graphs : {false, true}) {
+  struct DecodeRun {
+    bool graphs, gemv;
+  };
+  for (const DecodeRun& dr : {DecodeRun{false, true}, DecodeRun{true, true}, DecodeRun{true, false}}) {
     if (only == "prefill") break;
+    const bool graphs = dr.graphs;
+    std::vector<int> run_batches;
+    for (int B : batches) {
+      if (dr.gemv || (!f32 && B <= 8)) run_batches.push_back(B);
+    }
+    if (run_batches.empty()) continue;
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs});
+    auto created = gdnserve::CreateCudaBackend(
+        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs, .decode_gemv = dr.gemv});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     state_bytes = be.state_pool().layout().bytes_per_slot();
-    std::printf("\nmodel %s (%s, CUDA graphs %s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
+    std::printf("\nmodel %s (%s, CUDA graphs %s%s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
                 "%.2f GB on the GPU\n",
-                model.c_str(), be.name().c_str(), graphs ? "on" : "off", params / 1e9, state_bytes / 1e6, max_batch,
-                (DeviceUsed() - used0) / 1e9);
+                model.c_str(), be.name().c_str(), graphs ? "on" : "off", dr.gemv ? "" : ", cuBLAS for every GEMM",
+                params / 1e9, state_bytes / 1e6, max_batch, (DeviceUsed() - used0) / 1e9);
     report["backend"] = be.name();
     report["state_bytes_per_sequence"] = state_bytes;
     std::printf("%6s %12s %12s %8s %14s\n", "batch", "step ms", "floor ms", "x floor", "tokens/s");
-    for (int B : batches) {
+    for (int B : run_batches) {
       std::vector<int> slots(B);
       std::vector<std::vector<int32_t>> prompts(B);
       std::vector<gdnserve::SeqPiece> batch(B);
@@ -278,7 +290,7 @@ int main(int argc, char** argv) {
         step();
         times.push_back(Since(t));
       }
-      if (profile_step) {
+      if (profile_step && graphs && dr.gemv) {  // the default configuration only
         CHECK_CUDA(cudaDeviceSynchronize());
         CHECK_CUDA(cudaProfilerStart());
         step();
@@ -289,7 +301,7 @@ int main(int argc, char** argv) {
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs},
+      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dr.gemv && !f32 && B <= 8},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

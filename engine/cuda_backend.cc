@@ -380,7 +380,8 @@ absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
 
 // c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c),
 // run by run: rows of prompt pieces (and all rows when batch_invariant)
-// through a fixed algorithm, decode rows through cuBLAS's choice.
+// through a fixed algorithm, runs of up to 8 decode rows through the GEMV
+// (bf16), longer ones through cuBLAS's choice.
 absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
                                float* c, int64_t ldc, bool accumulate, bool logits_rows) {
   if (m == 0) return absl::OkStatus();
@@ -390,9 +391,13 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
     if (r1 <= r0) continue;
     const void* ar = static_cast<const char*>(a) + r0 * lda * elem;
     float* cr = c + r0 * ldc;
-    const absl::Status s = run.prompt || options_.batch_invariant ? FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt)
-                                     : GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate);
-    if (!s.ok()) return s;
+    if (run.prompt || options_.batch_invariant) {
+      if (absl::Status s = FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt); !s.ok()) return s;
+    } else if (options_.decode_gemv && wtype_ == DType::kBF16 && cuda::GemvBf16Supported(r1 - r0, k, lda, ar, w.get())) {
+      GDN_CUDA_RETURN(cuda::GemvBf16(ar, lda, r1 - r0, k, w.get(), n, cr, ldc, accumulate, stream_));
+    } else if (absl::Status s = GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate); !s.ok()) {
+      return s;
+    }
   }
   return absl::OkStatus();
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/gdn2.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/sample.h"
 #include "kernels/cuda/ops.h"
@@ -367,6 +368,58 @@ TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
     EXPECT_LE(RelErr(d_out.host(), want_out), 1e-6) << "W=" << W;
     EXPECT_EQ(d_pool.host(), want_pool) << "W=" << W;  // the state is copied, so exactly
   }
+}
+
+// The decode GEMV vs the CPU's Linear on bf16-rounded inputs: every row count
+// 1-8, widths not a multiple of the block's rows or of 256 pieces, padded x
+// rows, accumulation; and each output the same bits whatever m is.
+TEST_F(CudaKernelTest, GemvMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto bf16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      const __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
+      std::memcpy(&h[i], &b, 2);
+    }
+    return h;
+  };
+  auto round = [](std::vector<float> v) {
+    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
+    return v;
+  };
+  struct Case {
+    int64_t n, k, ldx;
+  };
+  for (const Case c : {Case{2304, 2048, 2048}, Case{10497, 2304, 2312}, Case{7, 6208, 6208}, Case{33, 8, 16},
+                       Case{1001, 264, 264}}) {
+    const std::vector<float> w = round(Normal(c.n * c.k)), x = round(Normal(8 * c.ldx));
+    const std::vector<float> y0 = Normal(8 * (c.n + 3));
+    Dev<uint16_t> d_w(bf16(w)), d_x(bf16(x));
+    std::vector<float> single;  // row 0's outputs with m = 1
+    for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
+      for (const bool acc : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << m << " acc=" << acc);
+        const int64_t ldy = c.n + 3;
+        Dev<float> d_y(y0);
+        ASSERT_TRUE(cuda::GemvBf16Supported(m, c.k, c.ldx, d_x.get(), d_w.get()));
+        ASSERT_EQ(cuda::GemvBf16(d_x.get(), c.ldx, m, c.k, d_w.get(), c.n, d_y.get(), ldy, acc, nullptr),
+                  cudaSuccess);
+        std::vector<float> want = y0;
+        cpu::Linear(x.data(), c.ldx, m, c.k, w.data(), c.n, nullptr, want.data(), ldy, acc, true);
+        const std::vector<float> got = d_y.host();
+        EXPECT_LE(RelErr(got, want), 1e-5);
+        if (!acc && m == 1) single.assign(got.begin(), got.begin() + c.n);
+        if (!acc) {
+          EXPECT_EQ(0, std::memcmp(got.data(), single.data(), c.n * 4)) << "row 0 differs from m = 1";
+        }
+      }
+    }
+  }
+  // Shapes it does not take.
+  Dev<uint16_t> d_a(std::vector<uint16_t>(64));
+  EXPECT_FALSE(cuda::GemvBf16Supported(9, 16, 16, d_a.get(), d_a.get()));
+  EXPECT_FALSE(cuda::GemvBf16Supported(1, 12, 16, d_a.get(), d_a.get()));
+  EXPECT_FALSE(cuda::GemvBf16Supported(1, 16, 16, d_a.get() + 1, d_a.get()));
 }
 
 // The fused decode-step kernel (conv + SiLU, state shift, column conversion)

@@ -28,6 +28,6 @@ for b in ${batches//,/ }; do
     build/engine-only/bench/bench_cuda_engine --only decode --batches "$b" --steps 5 --profile-step \
     > "$logs/ncu_decode_$b.csv" 2> "$logs/ncu_decode_$b.err"
   echo "ncu batch $b: exit $?"
-  python3 bench/gpu/summarize_ncu.py "$logs/ncu_decode_$b.csv" --split 2 --labels "graphs off,graphs on" --first 20 \
+  python3 bench/gpu/summarize_ncu.py "$logs/ncu_decode_$b.csv" --labels "batch $b, CUDA graphs on" --first 24 \
     | tee "$logs/ncu_decode_$b.txt"
 done

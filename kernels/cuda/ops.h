@@ -141,6 +141,16 @@ cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_
 cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType out_type,
                     int64_t out_stride, cudaStream_t stream);
 
+// Decode-size linear layer: y[m, n] (+)= x[m, :] . w[n, :] (row strides ldx,
+// ldy; w rows of k), bf16 x and w, float32 accumulation and y, for
+// 1 <= m <= kGemvMaxRows. Each output's sum runs in the same order whatever m
+// is. Needs k and ldx multiples of 8 and 16-byte aligned x and w
+// (GemvBf16Supported); cudaErrorInvalidValue otherwise.
+inline constexpr int kGemvMaxRows = 8;
+bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
+cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
+                     int64_t ldy, bool accumulate, cudaStream_t stream);
+
 // Fills n floats with zeros (state slots).
 cudaError_t Zero(float* x, int64_t n, cudaStream_t stream);
 
