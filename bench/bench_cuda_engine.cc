@@ -229,7 +229,7 @@ int main(int argc, char** argv) {
   // Decode steps as the server runs them: the forward (logits stay on the
   // device) and the tokens drawn on the device (temperature 1), without and
   // then with CUDA graphs (the default), then (batches <= 8, bf16) with
-  // graphs but cuBLAS in place of the decode GEMV.
+  // graphs and cuBLAS for every GEMM (the default takes the GEMV at batch 1).
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts

@@ -26,7 +26,7 @@ struct CudaBackendOptions {
   bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
   bool cuda_graphs = true;  // decode steps replay a CUDA graph per batch size
   PrefillKernel prefill_kernel = PrefillKernel::kChunk;
-  // Decode rows of up to 8 sequences through kernels/cuda/gemv.cu instead of
+  // A lone decode row (batch 1) through kernels/cuda/gemv.cu instead of
   // cuBLAS (bf16 weights; not with batch_invariant).
   bool decode_gemv = true;
   // Decode rows through fixed GEMM algorithms too (prompt rows always are):
