@@ -229,32 +229,39 @@ int main(int argc, char** argv) {
   // Decode steps as the server runs them: the forward (logits stay on the
   // device) and the tokens drawn on the device (temperature 1), without and
   // then with CUDA graphs (the default), then (batches <= 8, bf16) with
-  // graphs and cuBLAS for every GEMM (the default takes the GEMV at batch 1).
+  // graphs and cuBLAS for every GEMM (the default takes the GEMV at batch 1),
+  // then the default without programmatic dependent launch.
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts
   struct DecodeRun {
-    bool graphs, gemv;
+    bool graphs, gemv, pdl;
   };
-  for (const DecodeRun& dr : {DecodeRun{false, true}, DecodeRun{true, true}, DecodeRun{true, false}}) {
+  for (const DecodeRun& dr : {DecodeRun{false, true, true}, DecodeRun{true, true, true},
+                              DecodeRun{true, false, true}, DecodeRun{true, true, false}}) {
     if (only == "prefill") break;
     const bool graphs = dr.graphs;
     std::vector<int> run_batches;
     for (int B : batches) {
-      if (dr.gemv || (!f32 && B <= 8)) run_batches.push_back(B);
+      if (dr.gemv || (!f32 && B <= 8)) run_batches.push_back(B);  // cuBLAS only: the small batches
     }
     if (run_batches.empty()) continue;
     backend.reset();
-    auto created = gdnserve::CreateCudaBackend(
-        weights, {.num_slots = max_batch, .bf16 = !f32, .cuda_graphs = graphs, .decode_gemv = dr.gemv});
+    auto created = gdnserve::CreateCudaBackend(weights, {.num_slots = max_batch,
+                                                         .bf16 = !f32,
+                                                         .cuda_graphs = graphs,
+                                                         .decode_gemv = dr.gemv,
+                                                         .programmatic_launch = dr.pdl});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     state_bytes = be.state_pool().layout().bytes_per_slot();
-    std::printf("\nmodel %s (%s, CUDA graphs %s%s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
-                "%.2f GB on the GPU\n",
-                model.c_str(), be.name().c_str(), graphs ? "on" : "off", dr.gemv ? "" : ", cuBLAS for every GEMM",
-                params / 1e9, state_bytes / 1e6, max_batch, (DeviceUsed() - used0) / 1e9);
+    std::printf(
+        "\nmodel %s (%s, CUDA graphs %s%s%s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
+        "%.2f GB on the GPU\n",
+        model.c_str(), be.name().c_str(), graphs ? "on" : "off", dr.gemv ? "" : ", cuBLAS for every GEMM",
+        dr.pdl ? "" : ", no programmatic launch", params / 1e9, state_bytes / 1e6, max_batch,
+        (DeviceUsed() - used0) / 1e9);
     report["backend"] = be.name();
     report["state_bytes_per_sequence"] = state_bytes;
     std::printf("%6s %12s %12s %8s %14s\n", "batch", "step ms", "floor ms", "x floor", "tokens/s");
@@ -290,7 +297,7 @@ int main(int argc, char** argv) {
         step();
         times.push_back(Since(t));
       }
-      if (profile_step && graphs && dr.gemv) {  // the default configuration only
+      if (profile_step && graphs && dr.gemv && dr.pdl) {  // the default configuration only
         CHECK_CUDA(cudaDeviceSynchronize());
         CHECK_CUDA(cudaProfilerStart());
         step();
@@ -301,7 +308,8 @@ int main(int argc, char** argv) {
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dr.gemv && !f32 && B <= 8},
+      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dr.gemv && !f32 && B <= 1},
+                                  {"programmatic_launch", dr.pdl},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

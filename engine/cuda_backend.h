@@ -29,6 +29,9 @@ struct CudaBackendOptions {
   // A lone decode row (batch 1) through kernels/cuda/gemv.cu instead of
   // cuBLAS (bf16 weights; not with batch_invariant).
   bool decode_gemv = true;
+  // Kernels launch as programmatic dependents (Hopper+): each may start while
+  // the one before it finishes (kernels/cuda/pdl.cuh). Process-wide setting.
+  bool programmatic_launch = true;
   // Decode rows through fixed GEMM algorithms too (prompt rows always are):
   // every row's logits independent of the batch it ran in, at some cost in
   // decode speed at batch sizes the fixed algorithm does not suit.

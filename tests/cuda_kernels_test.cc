@@ -426,7 +426,7 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
 // vs the same CPU twin, one token a piece, scattered slots, both output types.
 TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  for (const int W : {1, 2, 4}) {
+  for (const int W : {1, 2, 4, 8}) {
     for (const cuda::DType ct : {cuda::DType::kF32, cuda::DType::kBF16}) {
       const int P = 37, num_slots = P + 5;
       std::vector<int> slots(num_slots);

@@ -11,9 +11,13 @@
 // and come through the read-only cache. Partial sums are reduced by warp
 // shuffles, then across the 8 warps in a fixed order: one thread writes each
 // output, no atomics, and the result does not depend on m or on other rows.
+// Launched as a programmatic dependent (pdl.cuh), a block asks for its
+// weights into L2 before it waits for the kernel that writes x: the weight
+// stream starts while that kernel finishes.
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace gdnserve::cuda {
 namespace {
@@ -66,8 +70,14 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const __nv_bfloat16* __re
   const __nv_bfloat16* wr[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) wr[r] = w + (n0 + (r < rows ? r : 0)) * k;  // a missing row re-reads row 0
-  float acc[R][M] = {};
   const int64_t pieces = k / 8;
+  for (int64_t q = tid; q < pieces; q += kThreads) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + q * 8));
+  }
+  PdlLaunchDependents();
+  PdlWait();
+  float acc[R][M] = {};
   int64_t j = tid;
   for (; j + kThreads < pieces; j += 2 * kThreads) {  // two steps in flight
     uint4 a[R], b[R];
@@ -115,9 +125,9 @@ cudaError_t Launch(const void* x, int64_t ldx, const void* w, int64_t n, int64_t
   constexpr int R = M <= 4 ? 4 : 2;
   const int64_t blocks = (n + R - 1) / R;
   if (blocks > 2147483647) return cudaErrorInvalidValue;
-  GemvKernel<M, R><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), ldx, static_cast<const __nv_bfloat16*>(w), n, k, y, ldy, accumulate);
-  return cudaGetLastError();
+  return LaunchPdl(GemvKernel<M, R>, static_cast<unsigned>(blocks), kThreads, 0, stream,
+                   static_cast<const __nv_bfloat16*>(x), ldx, static_cast<const __nv_bfloat16*>(w), n, k, y, ldy,
+                   accumulate);
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace gdnserve::cuda {
 namespace {
@@ -43,6 +45,8 @@ unsigned Blocks(int64_t n, int threads) {
 }
 
 __global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids, int64_t d, float* out) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t t = blockIdx.x;
   const int64_t row = static_cast<int64_t>(ids[t]) * d;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * d + i] = Load(table, tt, row + i);
@@ -50,6 +54,8 @@ __global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids,
 
 __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* rows, int64_t d,
                               const float* weight, float eps, void* out, DType ot, int64_t out_stride) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * x_stride;
   float ss = 0.0f;
@@ -62,6 +68,8 @@ __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* r
 // One thread per (token, channel).
 __global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                                DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t n = pieces.num_tokens * C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -83,6 +91,8 @@ __global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w,
 // after the (higher) old row it reads.
 __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t C, int W, DevicePieces pieces,
                                       LayerStateRef st) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -97,12 +107,16 @@ __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t 
   }
 }
 
+constexpr int kDecodeMaxConv = 7;  // conv state rows (W - 1) the decode kernel holds in registers
+
 // One thread per (piece, column): conv columns first (read the piece's state
 // rows, write the output, shift the state: the thread owns those entries),
 // then the columns to convert.
 __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                                       DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride,
                                       int64_t cvt0, int64_t cvt_cols, void* cvt, DType ct) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t cols = C + cvt_cols, n = static_cast<int64_t>(pieces.num_pieces) * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -112,17 +126,22 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
       continue;
     }
     float* conv = st.base + pieces.slot[t] * st.slot_stride + st.conv_offset + c;
-    // Taps summed oldest first, as ConvSilu does (bit-identical results).
+    // Every load first (one round trip), taps summed oldest first as
+    // ConvSilu does (bit-identical results), then the shifted state stored.
     const float xv = x[t * x_stride + c];
+    float hist[kDecodeMaxConv];
+#pragma unroll
+    for (int j = 0; j < kDecodeMaxConv; ++j) hist[j] = j < W - 1 ? conv[j * C] : 0.0f;
     float acc = 0.0f;
-    float prev = W > 1 ? conv[0] : 0.0f;
-    for (int j = 0; j < W - 1; ++j) {
-      acc += w[c * W + j] * prev;
-      const float next = j + 1 < W - 1 ? conv[(j + 1) * C] : xv;
-      conv[j * C] = next;
-      prev = next;
+#pragma unroll
+    for (int j = 0; j < kDecodeMaxConv; ++j) {
+      if (j < W - 1) acc += w[c * W + j] * hist[j];
     }
     acc += w[c * W + W - 1] * xv;
+#pragma unroll
+    for (int j = 0; j < kDecodeMaxConv; ++j) {
+      if (j < W - 1) conv[j * C] = j + 1 < W - 1 ? hist[j + 1] : xv;
+    }
     out[t * out_stride + c] = Silu(acc);
   }
 }
@@ -131,6 +150,8 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
 __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_stride, const float* z_bias,
                                    const float* weight, int64_t T, int HV, int V, float eps, void* out,
                                    DType ot) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (task >= T * HV) return;
@@ -148,6 +169,8 @@ __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_str
 }
 
 __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, DType ot) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t n = T * I;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -158,6 +181,8 @@ __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, 
 
 __global__ void ConvertKernel(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType ot,
                               int64_t out_stride) {
+  PdlLaunchDependents();
+  PdlWait();
   const int64_t n = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -167,46 +192,48 @@ __global__ void ConvertKernel(const float* x, int64_t rows, int64_t cols, int64_
 }
 
 __global__ void ZeroKernel(float* x, int64_t n) {
+  PdlLaunchDependents();
+  PdlWait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[i] = 0.0f;
   }
 }
 
+std::atomic<bool> programmatic_launch{true};
+
 }  // namespace
+
+void SetProgrammaticLaunch(bool on) { programmatic_launch.store(on, std::memory_order_relaxed); }
+bool ProgrammaticLaunchOn() { return programmatic_launch.load(std::memory_order_relaxed); }
 
 cudaError_t EmbeddingLookup(const void* table, DType table_type, const int32_t* ids, int64_t T, int64_t d,
                             float* out, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  EmbeddingKernel<<<static_cast<unsigned>(T), 256, 0, stream>>>(table, table_type, ids, d, out);
-  return cudaGetLastError();
+  return LaunchPdl(EmbeddingKernel, static_cast<unsigned>(T), 256, 0, stream, table, table_type, ids, d, out);
 }
 
-cudaError_t RmsNorm(const float* x, int64_t x_stride, const int32_t* rows, int64_t R, int64_t d,
-                    const float* weight, float eps, void* out, DType out_type, int64_t out_stride,
-                    cudaStream_t stream) {
+cudaError_t RmsNorm(const float* x, int64_t x_stride, const int32_t* rows, int64_t R, int64_t d, const float* weight,
+                    float eps, void* out, DType out_type, int64_t out_stride, cudaStream_t stream) {
   if (R == 0) return cudaSuccess;
   const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 64);
-  RmsNormKernel<<<static_cast<unsigned>(R), threads, 0, stream>>>(x, x_stride, rows, d, weight, eps, out, out_type,
-                                                                   out_stride);
-  return cudaGetLastError();
+  return LaunchPdl(RmsNormKernel, static_cast<unsigned>(R), threads, 0, stream, x, x_stride, rows, d, weight, eps, out,
+                   out_type, out_stride);
 }
 
-cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
-                     const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
-                     cudaStream_t stream) {
+cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C, int W, const DevicePieces& pieces,
+                     const LayerStateRef& state, float* out, int64_t out_stride, cudaStream_t stream) {
   const int64_t n = pieces.num_tokens * C;
   if (n == 0) return cudaSuccess;
-  ConvSiluKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, w, C, W, pieces, state, out, out_stride);
-  return cudaGetLastError();
+  return LaunchPdl(ConvSiluKernel, Blocks(n, 256), 256, 0, stream, x, x_stride, w, C, W, pieces, state, out,
+                   out_stride);
 }
 
 cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, const DevicePieces& pieces,
                             const LayerStateRef& state, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
   if (n == 0 || W < 2) return cudaSuccess;
-  ConvStateUpdateKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, C, W, pieces, state);
-  return cudaGetLastError();
+  return LaunchPdl(ConvStateUpdateKernel, Blocks(n, 256), 256, 0, stream, x, x_stride, C, W, pieces, state);
 }
 
 cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
@@ -214,39 +241,34 @@ cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, in
                             int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * (C + cvt_cols);
   if (n == 0) return cudaSuccess;
-  if (pieces.num_tokens != pieces.num_pieces || W < 1) return cudaErrorInvalidValue;
-  DecodeMixerPrepKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, x_stride, w, C, W, pieces, state, out, out_stride,
-                                                            cvt0, cvt_cols, cvt, cvt_type);
-  return cudaGetLastError();
+  if (pieces.num_tokens != pieces.num_pieces || W < 1 || W - 1 > kDecodeMaxConv) return cudaErrorInvalidValue;
+  return LaunchPdl(DecodeMixerPrepKernel, Blocks(n, 256), 256, 0, stream, x, x_stride, w, C, W, pieces, state, out,
+                   out_stride, cvt0, cvt_cols, cvt, cvt_type);
 }
 
-cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias,
-                         const float* weight, int64_t T, int HV, int V, float eps, void* out, DType out_type,
-                         cudaStream_t stream) {
+cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias, const float* weight,
+                         int64_t T, int HV, int V, float eps, void* out, DType out_type, cudaStream_t stream) {
   const int64_t tasks = T * HV;
   if (tasks == 0) return cudaSuccess;
-  GatedRmsNormKernel<<<static_cast<unsigned>((tasks + 3) / 4), 128, 0, stream>>>(o, z, z_stride, z_bias, weight, T,
-                                                                                  HV, V, eps, out, out_type);
-  return cudaGetLastError();
+  return LaunchPdl(GatedRmsNormKernel, static_cast<unsigned>((tasks + 3) / 4), 128, 0, stream, o, z, z_stride, z_bias,
+                   weight, T, HV, V, eps, out, out_type);
 }
 
 cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_type, cudaStream_t stream) {
   if (T * I == 0) return cudaSuccess;
-  SiluMulKernel<<<Blocks(T * I, 256), 256, 0, stream>>>(gu, T, I, out, out_type);
-  return cudaGetLastError();
+  return LaunchPdl(SiluMulKernel, Blocks(T * I, 256), 256, 0, stream, gu, T, I, out, out_type);
 }
 
 cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType out_type,
                     int64_t out_stride, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
-  ConvertKernel<<<Blocks(rows * cols, 256), 256, 0, stream>>>(x, rows, cols, x_stride, out, out_type, out_stride);
-  return cudaGetLastError();
+  return LaunchPdl(ConvertKernel, Blocks(rows * cols, 256), 256, 0, stream, x, rows, cols, x_stride, out, out_type,
+                   out_stride);
 }
 
 cudaError_t Zero(float* x, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  ZeroKernel<<<Blocks(n, 256), 256, 0, stream>>>(x, n);
-  return cudaGetLastError();
+  return LaunchPdl(ZeroKernel, Blocks(n, 256), 256, 0, stream, x, n);
 }
 
 }  // namespace gdnserve::cuda

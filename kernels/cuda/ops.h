@@ -62,6 +62,7 @@ cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, 
 // so T = pieces.num_pieces): ConvSilu and ConvStateUpdate for the C conv
 // channels, and x's columns [cvt0, cvt0 + cvt_cols) converted to cvt_type
 // into cvt (row stride cvt_cols) as Convert does. Same results as those three.
+// W <= 8 (cudaErrorInvalidValue otherwise).
 cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                             const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
                             int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream);
@@ -150,6 +151,11 @@ inline constexpr int kGemvMaxRows = 8;
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                      int64_t ldy, bool accumulate, cudaStream_t stream);
+
+// Kernels of this library launch with programmatic dependent launch
+// (pdl.cuh: each may start while the one before it finishes; Hopper and
+// later) unless this is off. Process-wide; on by default.
+void SetProgrammaticLaunch(bool on);
 
 // Fills n floats with zeros (state slots).
 cudaError_t Zero(float* x, int64_t n, cudaStream_t stream);
