@@ -75,8 +75,8 @@ __global__ void __launch_bounds__(kThreads) GemvKernel(const __nv_bfloat16* __re
 #pragma unroll
     for (int r = 0; r < R; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + q * 8));
   }
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   float acc[R][M] = {};
   int64_t j = tid;
   for (; j + kThreads < pieces; j += 2 * kThreads) {  // two steps in flight

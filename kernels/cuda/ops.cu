@@ -45,8 +45,8 @@ unsigned Blocks(int64_t n, int threads) {
 }
 
 __global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids, int64_t d, float* out) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t t = blockIdx.x;
   const int64_t row = static_cast<int64_t>(ids[t]) * d;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * d + i] = Load(table, tt, row + i);
@@ -54,8 +54,8 @@ __global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids,
 
 __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* rows, int64_t d,
                               const float* weight, float eps, void* out, DType ot, int64_t out_stride) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * x_stride;
   float ss = 0.0f;
@@ -68,8 +68,8 @@ __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* r
 // One thread per (token, channel).
 __global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                                DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t n = pieces.num_tokens * C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -91,8 +91,8 @@ __global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w,
 // after the (higher) old row it reads.
 __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t C, int W, DevicePieces pieces,
                                       LayerStateRef st) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -115,8 +115,8 @@ constexpr int kDecodeMaxConv = 7;  // conv state rows (W - 1) the decode kernel 
 __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                                       DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride,
                                       int64_t cvt0, int64_t cvt_cols, void* cvt, DType ct) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t cols = C + cvt_cols, n = static_cast<int64_t>(pieces.num_pieces) * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -150,8 +150,8 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
 __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_stride, const float* z_bias,
                                    const float* weight, int64_t T, int HV, int V, float eps, void* out,
                                    DType ot) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (task >= T * HV) return;
@@ -169,8 +169,8 @@ __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_str
 }
 
 __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, DType ot) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t n = T * I;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -181,8 +181,8 @@ __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, 
 
 __global__ void ConvertKernel(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType ot,
                               int64_t out_stride) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   const int64_t n = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -192,8 +192,8 @@ __global__ void ConvertKernel(const float* x, int64_t rows, int64_t cols, int64_
 }
 
 __global__ void ZeroKernel(float* x, int64_t n) {
-  PdlLaunchDependents();
   PdlWait();
+  PdlLaunchDependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[i] = 0.0f;

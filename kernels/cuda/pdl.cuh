@@ -1,11 +1,14 @@
 // Programmatic dependent launch (Hopper and later): a kernel launched with
 // LaunchPdl may start while the kernel before it in the stream is still
-// running. Each such kernel calls PdlLaunchDependents() (the next kernel may
-// now be scheduled) and PdlWait() (returns once the previous kernel has
-// finished and its writes are visible) before it touches anything an earlier
-// kernel of the same step writes; reads of data no kernel in flight writes
-// (weights, state slots of the kernel's own layer) may come before the wait.
-// Every launched kernel waits before it ends, so the chain is transitive.
+// running. Each such kernel calls PdlWait() (returns once the previous kernel
+// has finished and its writes are visible) before it touches anything an
+// earlier kernel of the same step writes, and PdlLaunchDependents() (the next
+// kernel may now be scheduled) only after that wait: so when a kernel starts,
+// every kernel but the one right before it has finished, whoever launched
+// them (cuBLAS's kernels may take part in the chain too). Triggering before
+// the wait let chains of early starts run ahead of an unfinished GEMM and
+// broke the GPU backend tests (H100). Reads of data no kernel of the step
+// writes (weights, the kernel's own layer's state) may come before the wait.
 // Elsewhere (sm_80, or ProgrammaticLaunch off) both are no-ops and the
 // launch is an ordinary one.
 #pragma once
