@@ -2,7 +2,7 @@
 # A/B on the GPU machine: bench_cuda_engine of this tree next to the same
 # bench built from a baseline source tree, in the same call, on the same card.
 #   bash scripts/make_baseline.sh REV         (here: the baseline's sources into .baseline/, carry it)
-#   bash bench/gpu/ab_engine.sh [BENCH ARGS]  (there; default: --only decode)
+#   [ROUNDS=2] bash bench/gpu/ab_engine.sh [BENCH ARGS]  (there; default: --only decode)
 # Runs baseline, this tree, baseline again, this tree again: the pairs show
 # the card's drift. Needs this tree's engine-only build (run_device.sh builds it).
 set -uo pipefail
@@ -20,7 +20,7 @@ echo "baseline: $(cat .baseline/REV 2>/dev/null)"
  cmake --build build/engine-only -j "$(nproc)" --target bench_cuda_engine > "$out/baseline_build.log" 2>&1) \
   || { grep -E "error" "$out/baseline_build.log" "$out/baseline_configure.log" | head -20; exit 1; }
 cmake --build build/engine-only -j "$(nproc)" --target bench_cuda_engine > /dev/null 2>&1 || exit 1
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do
   for side in baseline this; do
     bin=build/engine-only/bench/bench_cuda_engine
     [[ $side == baseline ]] && bin=.baseline/$bin
