@@ -273,9 +273,9 @@ absl::Status CudaBackend::Init() {
     return absl::InvalidArgumentError(
         absl::StrFormat("CUDA device %d does not exist (this machine has %d)", options_.device, count));
   }
-  if (cfg_.head_dim > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("head_dim %d: the CUDA backend's kernels take head_dim <= 256", cfg_.head_dim));
+  if (cfg_.head_dim > 256 || cfg_.head_v_dim > 256) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "head_dim %d, head_v_dim %d: the CUDA backend's kernels take both <= 256", cfg_.head_dim, cfg_.head_v_dim));
   }
   if (proj_.g0 != proj_.f0 + cfg_.head_v_dim) {  // the f/g up projection reads [f0 | g0] as one row
     return absl::InternalError("in_proj layout: g0 does not follow f0");

@@ -483,52 +483,70 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
 
 TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  const int64_t T = 7, d = 300, HV = 3, V = 40, I = 130;
-  // RmsNorm over selected rows, float32 and bf16 outputs.
-  std::vector<float> x = Normal(T * d, 2.0f), wt = Normal(d);
-  std::vector<int32_t> rows = {6, 0, 3};
-  std::vector<float> want(rows.size() * d);
-  for (size_t r = 0; r < rows.size(); ++r) cpu::RmsNorm(&x[rows[r] * d], wt.data(), 1, d, 1e-5f, &want[r * d]);
-  Dev<float> d_x(x), d_wt(wt), d_y(rows.size() * d);
-  Dev<int32_t> d_rows(rows);
-  ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_y.get(), cuda::DType::kF32,
-                          d, nullptr),
-            cudaSuccess);
-  EXPECT_LE(RelErr(d_y.host(), want), 1e-6);
-  Dev<uint16_t> d_yb(rows.size() * d);
-  ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_yb.get(),
-                          cuda::DType::kBF16, d, nullptr),
-            cudaSuccess);
-  std::vector<float> yb;
-  for (uint16_t h : d_yb.host()) {
-    const uint32_t u = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    yb.push_back(f);
+  const int64_t T = 7;
+  auto bf16_host = [](const Dev<uint16_t>& d) {
+    std::vector<float> y;
+    for (uint16_t h : d.host()) {
+      const uint32_t u = static_cast<uint32_t>(h) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      y.push_back(f);
+    }
+    return y;
+  };
+  // RmsNorm over selected rows, float32 and bf16 outputs; widths that take
+  // 1, 2, 8 registers a thread and the loop (d > 8 x 512).
+  for (const int64_t d : {40, 300, 2304, 5000}) {
+    SCOPED_TRACE(::testing::Message() << "d=" << d);
+    std::vector<float> x = Normal(T * d, 2.0f), wt = Normal(d);
+    std::vector<int32_t> rows = {6, 0, 3};
+    std::vector<float> want(rows.size() * d);
+    for (size_t r = 0; r < rows.size(); ++r) cpu::RmsNorm(&x[rows[r] * d], wt.data(), 1, d, 1e-5f, &want[r * d]);
+    Dev<float> d_x(x), d_wt(wt), d_y(rows.size() * d);
+    Dev<int32_t> d_rows(rows);
+    ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_y.get(),
+                            cuda::DType::kF32, d, nullptr),
+              cudaSuccess);
+    EXPECT_LE(RelErr(d_y.host(), want), 1e-6);
+    Dev<uint16_t> d_yb(rows.size() * d);
+    ASSERT_EQ(cuda::RmsNorm(d_x.get(), d, d_rows.get(), rows.size(), d, d_wt.get(), 1e-5f, d_yb.get(),
+                            cuda::DType::kBF16, d, nullptr),
+              cudaSuccess);
+    EXPECT_LE(RelErr(bf16_host(d_yb), want), 8e-3);  // bf16 rounding
   }
-  EXPECT_LE(RelErr(yb, want), 8e-3);  // bf16 rounding
 
-  // Gated RMSNorm with the z bias.
-  std::vector<float> o = Normal(T * HV * V), z = Normal(T * HV * V), zb = Normal(HV * V), ow = Normal(V);
-  std::vector<float> zc = z;
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < HV * V; ++i) zc[t * HV * V + i] += zb[i];
+  // Gated RMSNorm with the z bias (z rows padded), heads of every register width.
+  for (const int V : {20, 40, 128, 256}) {
+    SCOPED_TRACE(::testing::Message() << "V=" << V);
+    const int64_t HV = 3, zs = HV * V + 5;
+    std::vector<float> o = Normal(T * HV * V), z = Normal(T * zs), zb = Normal(HV * V), ow = Normal(V);
+    std::vector<float> zc(T * HV * V);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < HV * V; ++i) zc[t * HV * V + i] = z[t * zs + i] + zb[i];
+    }
+    std::vector<float> want_o = o;
+    cpu::GatedRmsNorm(want_o.data(), zc.data(), ow.data(), T, HV, V, 1e-5f);
+    Dev<float> d_o(o), d_z(z), d_zb(zb), d_ow(ow), d_go(T * HV * V);
+    ASSERT_EQ(cuda::GatedRmsNorm(d_o.get(), d_z.get(), zs, d_zb.get(), d_ow.get(), T, HV, V, 1e-5f, d_go.get(),
+                                 cuda::DType::kF32, nullptr),
+              cudaSuccess);
+    EXPECT_LE(RelErr(d_go.host(), want_o), 1e-6);
   }
-  std::vector<float> want_o = o;
-  cpu::GatedRmsNorm(want_o.data(), zc.data(), ow.data(), T, HV, V, 1e-5f);
-  Dev<float> d_o(o), d_z(z), d_zb(zb), d_ow(ow), d_go(T * HV * V);
-  ASSERT_EQ(cuda::GatedRmsNorm(d_o.get(), d_z.get(), HV * V, d_zb.get(), d_ow.get(), T, HV, V, 1e-5f, d_go.get(),
-                               cuda::DType::kF32, nullptr),
-            cudaSuccess);
-  EXPECT_LE(RelErr(d_go.host(), want_o), 1e-6);
 
-  // SwiGLU.
-  std::vector<float> gu = Normal(T * 2 * I, 3.0f), want_a(T * I);
-  cpu::SiluMul(gu.data(), T, I, want_a.data());
-  Dev<float> d_gu(gu), d_a(T * I);
-  ASSERT_EQ(cuda::SiluMul(d_gu.get(), T, I, d_a.get(), cuda::DType::kF32, nullptr), cudaSuccess);
-  EXPECT_LE(RelErr(d_a.host(), want_a), 1e-6);
+  // SwiGLU: scalar (I % 4 != 0) and four a thread, float32 and bf16 outputs.
+  for (const int64_t I : {130, 132, 6208}) {
+    SCOPED_TRACE(::testing::Message() << "I=" << I);
+    std::vector<float> gu = Normal(T * 2 * I, 3.0f), want_a(T * I);
+    cpu::SiluMul(gu.data(), T, I, want_a.data());
+    Dev<float> d_gu(gu), d_a(T * I);
+    ASSERT_EQ(cuda::SiluMul(d_gu.get(), T, I, d_a.get(), cuda::DType::kF32, nullptr), cudaSuccess);
+    EXPECT_LE(RelErr(d_a.host(), want_a), 1e-6);
+    Dev<uint16_t> d_ab(T * I);
+    ASSERT_EQ(cuda::SiluMul(d_gu.get(), T, I, d_ab.get(), cuda::DType::kBF16, nullptr), cudaSuccess);
+    EXPECT_LE(RelErr(bf16_host(d_ab), want_a), 8e-3);
+  }
 
+  const int64_t d = 300;
   // Embedding from a float32 table.
   std::vector<float> table = Normal(50 * d);
   std::vector<int32_t> ids = {3, 49, 0, 3};

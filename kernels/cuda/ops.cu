@@ -52,6 +52,10 @@ __global__ void EmbeddingKernel(const void* table, DType tt, const int32_t* ids,
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * d + i] = Load(table, tt, row + i);
 }
 
+// kPer > 0: the row (d <= kPer * blockDim.x) is read once into registers, all
+// loads in flight together; 0: any d, read twice. The same sums in the same
+// order either way.
+template <int kPer>
 __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* rows, int64_t d,
                               const float* weight, float eps, void* out, DType ot, int64_t out_stride) {
   PdlWait();
@@ -59,10 +63,31 @@ __global__ void RmsNormKernel(const float* x, int64_t x_stride, const int32_t* r
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * x_stride;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = BlockSum(ss);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) Store(out, ot, r * out_stride + i, xr[i] * inv * weight[i]);
+  if constexpr (kPer > 0) {
+    float v[kPer], wv[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(j) * blockDim.x;
+      v[j] = i < d ? xr[i] : 0.0f;
+      wv[j] = i < d ? weight[i] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) ss += v[j] * v[j];
+    ss = BlockSum(ss);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(j) * blockDim.x;
+      if (i < d) Store(out, ot, r * out_stride + i, v[j] * inv * wv[j]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = BlockSum(ss);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      Store(out, ot, r * out_stride + i, xr[i] * inv * weight[i]);
+    }
+  }
 }
 
 // One thread per (token, channel).
@@ -146,7 +171,9 @@ __global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const fl
   }
 }
 
-// One warp per (token, value head).
+// One warp per (token, value head); the head's V values (<= 32 kPer) in
+// registers, every load of a lane in flight together.
+template <int kPer>
 __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_stride, const float* z_bias,
                                    const float* weight, int64_t T, int HV, int V, float eps, void* out,
                                    DType ot) {
@@ -158,24 +185,49 @@ __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_str
   const int64_t t = task / HV, h = task % HV;
   const float* orow = o + t * HV * V + h * V;
   const float* zr = z + t * z_stride + h * V;
+  float ov[kPer], zv[kPer], wv[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = lane + 32 * j;
+    const bool ok = i < V;
+    ov[j] = ok ? orow[i] : 0.0f;
+    zv[j] = ok ? zr[i] + (z_bias ? z_bias[h * V + i] : 0.0f) : 0.0f;
+    wv[j] = ok ? weight[i] : 0.0f;
+  }
   float ss = 0.0f;
-  for (int i = lane; i < V; i += 32) ss += orow[i] * orow[i];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) ss += ov[j] * ov[j];
   for (int s = 16; s > 0; s >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, s);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(V) + eps);
-  for (int i = lane; i < V; i += 32) {
-    const float zv = zr[i] + (z_bias ? z_bias[h * V + i] : 0.0f);
-    Store(out, ot, t * HV * V + h * V + i, orow[i] * inv * weight[i] * Silu(zv));
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = lane + 32 * j;
+    if (i < V) Store(out, ot, t * HV * V + h * V + i, ov[j] * inv * wv[j] * Silu(zv[j]));
   }
 }
 
+// kVec: 4 consecutive outputs a thread (I % 4 == 0: 16-byte loads).
+template <int kVec>
 __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, DType ot) {
   PdlWait();
   PdlLaunchDependents();
-  const int64_t n = T * I;
+  const int64_t per_row = I / kVec, n = T * per_row;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / I, j = i % I;
-    Store(out, ot, i, Silu(gu[t * 2 * I + j]) * gu[t * 2 * I + I + j]);
+    const int64_t t = i / per_row, j = (i % per_row) * kVec;
+    const float* g = gu + t * 2 * I + j;
+    if constexpr (kVec == 4) {
+      const float4 a = *reinterpret_cast<const float4*>(g), b = *reinterpret_cast<const float4*>(g + I);
+      const float r[4] = {Silu(a.x) * b.x, Silu(a.y) * b.y, Silu(a.z) * b.z, Silu(a.w) * b.w};
+      if (ot == DType::kF32) {
+        *reinterpret_cast<float4*>(static_cast<float*>(out) + t * I + j) = make_float4(r[0], r[1], r[2], r[3]);
+      } else {
+        __nv_bfloat162 p[2] = {__floats2bfloat162_rn(r[0], r[1]), __floats2bfloat162_rn(r[2], r[3])};
+        *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(out) + t * I + j) = *reinterpret_cast<uint2*>(p);
+      }
+    } else {
+      Store(out, ot, t * I + j, Silu(g[0]) * g[I]);
+    }
   }
 }
 
@@ -217,7 +269,13 @@ cudaError_t RmsNorm(const float* x, int64_t x_stride, const int32_t* rows, int64
                     float eps, void* out, DType out_type, int64_t out_stride, cudaStream_t stream) {
   if (R == 0) return cudaSuccess;
   const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 64);
-  return LaunchPdl(RmsNormKernel, static_cast<unsigned>(R), threads, 0, stream, x, x_stride, rows, d, weight, eps, out,
+  const int64_t per = (d + threads - 1) / threads;
+  auto* kernel = per <= 1 ? RmsNormKernel<1>
+                 : per <= 2 ? RmsNormKernel<2>
+                 : per <= 4 ? RmsNormKernel<4>
+                 : per <= 8 ? RmsNormKernel<8>
+                            : RmsNormKernel<0>;
+  return LaunchPdl(kernel, static_cast<unsigned>(R), threads, 0, stream, x, x_stride, rows, d, weight, eps, out,
                    out_type, out_stride);
 }
 
@@ -250,13 +308,21 @@ cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const
                          int64_t T, int HV, int V, float eps, void* out, DType out_type, cudaStream_t stream) {
   const int64_t tasks = T * HV;
   if (tasks == 0) return cudaSuccess;
-  return LaunchPdl(GatedRmsNormKernel, static_cast<unsigned>((tasks + 3) / 4), 128, 0, stream, o, z, z_stride, z_bias,
-                   weight, T, HV, V, eps, out, out_type);
+  if (V > 256) return cudaErrorInvalidValue;
+  auto* kernel = V <= 32 ? GatedRmsNormKernel<1>
+                 : V <= 64 ? GatedRmsNormKernel<2>
+                 : V <= 128 ? GatedRmsNormKernel<4>
+                            : GatedRmsNormKernel<8>;
+  return LaunchPdl(kernel, static_cast<unsigned>((tasks + 3) / 4), 128, 0, stream, o, z, z_stride, z_bias, weight, T,
+                   HV, V, eps, out, out_type);
 }
 
 cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_type, cudaStream_t stream) {
   if (T * I == 0) return cudaSuccess;
-  return LaunchPdl(SiluMulKernel, Blocks(T * I, 256), 256, 0, stream, gu, T, I, out, out_type);
+  const bool vec = I % 4 == 0 && reinterpret_cast<uintptr_t>(gu) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(out) % (out_type == DType::kF32 ? 16 : 8) == 0;
+  if (vec) return LaunchPdl(SiluMulKernel<4>, Blocks(T * I / 4, 256), 256, 0, stream, gu, T, I, out, out_type);
+  return LaunchPdl(SiluMulKernel<1>, Blocks(T * I, 256), 256, 0, stream, gu, T, I, out, out_type);
 }
 
 cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride, void* out, DType out_type,

@@ -130,7 +130,7 @@ size_t Gdn2ChunkedWYWorkspaceBytes(int64_t num_tokens, int num_pieces, int H, in
 bool Gdn2ChunkedWYSupported(int K);
 
 // out = o / sqrt(mean(o^2) + eps) * weight * silu(z + z_bias), per value head
-// of V. o: [T, HV*V]; z: rows of HV*V, stride z_stride; out: `out_type` [T, HV*V].
+// of V (<= 256). o: [T, HV*V]; z: rows of HV*V, stride z_stride; out: `out_type` [T, HV*V].
 cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias,
                          const float* weight, int64_t T, int HV, int V, float eps, void* out,
                          DType out_type, cudaStream_t stream);
