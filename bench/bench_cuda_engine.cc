@@ -308,8 +308,9 @@ int main(int argc, char** argv) {
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      report["decode"].push_back({{"batch", B}, {"cuda_graphs", graphs}, {"gemv", dr.gemv && !f32 && B <= 1},
-                                  {"programmatic_launch", dr.pdl},
+      const char* config = !graphs ? "graphs_off" : !dr.gemv ? "cublas_only" : !dr.pdl ? "no_pdl" : "default";
+      report["decode"].push_back({{"batch", B}, {"config", config}, {"cuda_graphs", graphs},
+                                  {"gemv", dr.gemv && !f32 && B <= 1}, {"programmatic_launch", dr.pdl},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

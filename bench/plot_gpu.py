@@ -1,6 +1,7 @@
 """Plots the GPU benchmarks of bench/gpu/run_device.sh.
 
     plot_gpu.py [ENGINE_JSON] [KERNEL_JSON] [--prefill-json JSON] [--op-json JSON] [--out-dir DIR]
+                [--baseline-json JSON --baseline-label TEXT]
 
 ENGINE_JSON (default bench/out/engine_bench.json) is bench_cuda_engine's
 report, KERNEL_JSON (default bench/out/decode_kernel.json) that of
@@ -22,20 +23,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 
-def plot_decode(engine: dict, kernel: dict, path: str) -> None:
+def config(r: dict) -> str:
+    """The configuration of a decode row: reports before "config" was written
+    had graphs off / on only (an early H100 run's graphs-on GEMV rows are
+    dropped: that GEMV measured slower and was removed)."""
+    if "config" in r:
+        return r["config"]
+    if r["cuda_graphs"] and r.get("gemv", False):
+        return "removed_gemv"
+    return "default" if r["cuda_graphs"] else "graphs_off"
+
+
+def plot_decode(engine: dict, kernel: dict, path: str, baseline: dict = None, baseline_label: str = "") -> None:
     fig, (ax, kx) = plt.subplots(1, 2, figsize=(12, 4.5))
 
     rows = engine["decode"]
-    # The H100 run of 2026-11-27 also timed, with graphs on, a decode GEMV
-    # that measured slower than cuBLAS and was removed: those rows are not
-    # drawn (its graphs-off rows used the GEMV for batches <= 8, RESULTS.md).
-    rows = [r for r in rows if not (r["cuda_graphs"] and r.get("gemv", False))]
-    for graphs, style, label in [(False, "s-", "CUDA graphs off"), (True, "o-", "CUDA graphs on (the default)")]:
-        rs = sorted((r for r in rows if r["cuda_graphs"] == graphs), key=lambda r: r["batch"])
+    lines = [(rows, "graphs_off", "s-", "CUDA graphs off"),
+             (rows, "cublas_only", "^:", "graphs on, cuBLAS for every GEMM"),
+             (rows, "no_pdl", "v:", "graphs on, no programmatic launch"),
+             (rows, "default", "o-", "the default (graphs, GEMV at batch 1, PDL)")]
+    if baseline:
+        lines.insert(0, (baseline["decode"], "default", "x--", baseline_label or "baseline, graphs on"))
+    for src, cfg, style, label in lines:
+        rs = sorted((r for r in src if config(r) == cfg), key=lambda r: r["batch"])
         if not rs:
             continue
         ax.plot([r["batch"] for r in rs], [r["step_seconds"] * 1e3 for r in rs], style, label=label)
-        if graphs:
+        if src is rows and cfg == "default":
             for r in rs:
                 ax.annotate(f"{r['step_seconds'] / r['floor_seconds']:.2f}x", (r["batch"], r["step_seconds"] * 1e3),
                             textcoords="offset points", xytext=(4, -14), fontsize=8)
@@ -179,12 +193,18 @@ def main() -> None:
     ap.add_argument("--prefill-json", help="bench_cuda_engine report for the prefill plot (default: ENGINE_JSON)")
     ap.add_argument("--op-json", help="prefill_kernel_bench.py report: also writes gpu_prefill_op.png")
     ap.add_argument("--out-dir", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--baseline-json", help="an earlier bench_cuda_engine report: its default decode line drawn too")
+    ap.add_argument("--baseline-label", default="", help="legend label of the baseline line")
     args = ap.parse_args()
     with open(args.engine_json) as f:
         engine = json.load(f)
     with open(args.kernel_json) as f:
         kernel = json.load(f)
-    plot_decode(engine, kernel, os.path.join(args.out_dir, "gpu_decode.png"))
+    baseline = None
+    if args.baseline_json:
+        with open(args.baseline_json) as f:
+            baseline = json.load(f)
+    plot_decode(engine, kernel, os.path.join(args.out_dir, "gpu_decode.png"), baseline, args.baseline_label)
     prefill = engine
     if args.prefill_json:
         with open(args.prefill_json) as f:
