@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -82,6 +83,7 @@ Engine::Engine(Backend* backend, const Tokenizer* tokenizer, const EngineOptions
       sessions_(options_.session_bytes, std::chrono::milliseconds(options_.session_ttl_ms)),
       prefix_cache_(options_.prefix_cache_bytes, options_.prefix_cache_interval) {
   stats_.slots_total = backend_->state_pool().num_slots();
+  deliver_thread_ = std::thread([this] { DeliverLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -180,6 +182,29 @@ void Engine::Shutdown(int drain_ms) {
   wake_.notify_all();
   lock.unlock();
   thread_.join();
+  // Every output the engine produced reaches its sink before Shutdown returns.
+  {
+    std::lock_guard<std::mutex> dlock(deliver_mu_);
+    deliver_stop_ = true;
+  }
+  deliver_cv_.notify_all();
+  deliver_thread_.join();
+}
+
+void Engine::DeliverLoop() {
+  std::vector<Delivery> batch;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(deliver_mu_);
+      deliver_cv_.wait(lock, [this] { return deliver_stop_ || !deliveries_.empty(); });
+      if (deliveries_.empty()) break;  // stopped and drained
+      batch.assign(std::make_move_iterator(deliveries_.begin()), std::make_move_iterator(deliveries_.end()));
+      deliveries_.clear();
+    }
+    deliver_cv_.notify_all();  // the engine may wait for room
+    for (Delivery& d : batch) d.sink->OnOutput(std::move(d.output));
+    batch.clear();  // a finished request's sink may be destroyed here
+  }
 }
 
 EngineStats Engine::Stats() const {
@@ -608,6 +633,7 @@ bool Engine::Step() {
     stats_.prefix_cache_bytes = prefix_cache_.bytes_used();
     stats_.prefix_cache_entries = static_cast<int64_t>(prefix_cache_.size());
   }
+  std::vector<Delivery> outputs;
   auto deliver = [&](Group& g, const absl::Status& error) {
     const bool finished = g.finished();
     RequestOutput o;
@@ -626,10 +652,20 @@ bool Engine::Step() {
     o.completion_tokens = g.completion_tokens;
     if (finished) g.times.finished = t_after;
     o.times = g.times;
-    if (!o.samples.empty() || finished) g.sink->OnOutput(std::move(o));
+    if (!o.samples.empty() || finished) outputs.push_back({g.sink, std::move(o)});
   };
   for (size_t i = 0; i < running_.size(); ++i) deliver(*running_[i], errors[i]);
   for (auto& g : done) deliver(*g, g->error);
+  if (!outputs.empty()) {
+    // Hand the step's outputs to the delivery thread; if it has fallen far
+    // behind (slow sinks), wait for room rather than queue without bound.
+    constexpr size_t kMaxQueued = 1 << 16;
+    std::unique_lock<std::mutex> lock(deliver_mu_);
+    deliver_cv_.wait(lock, [this] { return deliveries_.size() < kMaxQueued; });
+    for (Delivery& d : outputs) deliveries_.push_back(std::move(d));
+    lock.unlock();
+    deliver_cv_.notify_all();
+  }
   running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& g) { return g->finished(); }),
                  running_.end());
   wake_.notify_all();  // Shutdown waits for the engine to drain

@@ -3,7 +3,11 @@
 // stop checks, all driven by one engine thread (DESIGN.md 3.1).
 //
 // Thread-safety: Submit, Cancel, Stats and Shutdown may be called from any
-// thread; sinks are called on the engine thread.
+// thread. Sinks are called on the engine's delivery thread, one call at a
+// time, each request's outputs in order: the engine thread hands a step's
+// outputs over and goes on to the next step while they are delivered (a
+// server's per-token work, protobuf and stream writes for hundreds of
+// streams, then overlaps the GPU's next step instead of delaying it).
 #pragma once
 
 #include <atomic>
@@ -131,6 +135,7 @@ class Engine {
   static EngineOptions Normalized(EngineOptions o, int num_slots);
   void Loop();
   bool Step();  // one schedule -> forward -> postprocess; false when idle
+  void DeliverLoop();  // the delivery thread: calls sinks with queued outputs
   absl::Status Validate(const GenerationRequest& r) const;
   // Restores a session (Submit) or the longest cached prefix (intake) into the group's plan.
   absl::Status AttachSession(Group& g);
@@ -168,6 +173,18 @@ class Engine {
   int64_t prefix_hit_tokens_ = 0;
   std::deque<std::unique_ptr<Group>> waiting_groups_;
   std::vector<std::unique_ptr<Group>> running_;
+
+  // Outputs on their way to sinks (the sink's reference keeps it alive until
+  // its last output is delivered).
+  struct Delivery {
+    std::shared_ptr<RequestSink> sink;
+    RequestOutput output;
+  };
+  std::mutex deliver_mu_;
+  std::condition_variable deliver_cv_;
+  std::deque<Delivery> deliveries_ ABSL_GUARDED_BY(deliver_mu_);
+  bool deliver_stop_ ABSL_GUARDED_BY(deliver_mu_) = false;
+  std::thread deliver_thread_;
   std::thread thread_;
 };
 
