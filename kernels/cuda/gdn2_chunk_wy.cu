@@ -300,8 +300,7 @@ __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
 }
 
 template <ChunkMath kMath>
-__global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a, Layout l, Table tab,
-                                                              bool zv_async) {
+__global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a, Layout l, Table tab) {
   extern __shared__ float smem[];
   const int chunk = blockIdx.x, hk = blockIdx.y;
   if (chunk >= *tab.num_chunks) return;
@@ -516,48 +515,9 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   }
 
   // U = T Z for each value head of the group, kSl value columns at a time
-  // (Z in Q's space). With 16-byte aligned w and v rows (zv_async), the next
-  // slice's w and v come with cp.async into the free K / E and G / G' spaces
-  // while this one is multiplied: one global latency in all, not one a slice.
+  // (Z in Q's space).
   const int group = a.HV / a.H;
   float* sZ = sQ;
-  if (zv_async) {
-    const int slices = l.Vp / kSl, jobs = group * slices;
-    auto issue = [&](int job, int buf) {
-      const int hv = hk * group + job / slices, v0 = (job % slices) * kSl;
-      for (int i = tid; i < kC * kSl / 4; i += kThreads1) {
-        const int t = i / (kSl / 4), c = (i % (kSl / 4)) * 4;
-        const bool ok = t < n && v0 + c < a.V;
-        const int64_t row = t0 + (ok ? t : 0), col = ok ? static_cast<int64_t>(hv) * a.V + v0 + c : 0;
-        CpAsync16(&(buf ? sE : sK)[t * ss + c], a.w + row * a.w_stride + col, ok);
-        CpAsync16(&(buf ? sGl : sG)[t * ss + c], a.v + row * a.v_stride + col, ok);
-      }
-      CpAsyncCommit();
-    };
-    issue(0, 0);
-    for (int job = 0; job < jobs; ++job) {
-      const int buf = job & 1;
-      if (job + 1 < jobs) {
-        issue(job + 1, buf ^ 1);  // its buffer was last read before the previous job's barriers
-        CpAsyncWait<1>();
-      } else {
-        CpAsyncWait<0>();
-      }
-      __syncthreads();
-      const float* rw = buf ? sE : sK;
-      const float* rv = buf ? sGl : sG;
-      for (int i = tid; i < kC * kSl; i += kThreads1) {
-        const int t = i / kSl, c = i % kSl;
-        sZ[t * ss + c] = chunk_common::Sigmoid(rw[t * ss + c]) * rv[t * ss + c];
-      }
-      __syncthreads();
-      const int hv = hk * group + job / slices, v0 = (job % slices) * kSl;
-      TimesT<kWarps, kMath>(sT, sZ, tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats() + v0,
-                            l.Vp);
-      __syncthreads();
-    }
-    return;
-  }
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
@@ -744,13 +704,7 @@ template <ChunkMath kMath>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, int blocks_z, cudaStream_t stream) {
   const size_t b1 = Smem1::Floats() * sizeof(float);
   if (cudaError_t e = chunk_common::AllowSharedBytes(Phase1Kernel<kMath>, b1); e != cudaSuccess) return e;
-  // w and v rows 16-byte aligned (V and both strides multiples of 4): U's
-  // inputs come with cp.async.
-  auto aligned = [](const float* p, int64_t stride) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && stride % 4 == 0;
-  };
-  const bool zv_async = a.V % 4 == 0 && aligned(a.w, a.w_stride) && aligned(a.v, a.v_stride);
-  Phase1Kernel<kMath><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t, zv_async);
+  Phase1Kernel<kMath><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   // The widest value tile that still gives every SM a block (the state tile
   // chain is the sequential part, so a long lone sequence splits finer) and
