@@ -333,6 +333,8 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
     CheckGdn2Kernel(kernel, {{2, 2, 128, 64}, {2, 2, 48, 40}}, {64, 200, 17, 130}, false, rng_, true, 0, tol, tf32,
                     true);
   }
+  // V not a multiple of 4.
+  CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3>, {{1, 2, 64, 30}}, {65, 1, 130}, false, rng_);
   // The wider state tiles (the pick takes them for many sequences), V not a
   // multiple of them.
   for (const std::vector<Shape>& sh : {std::vector<Shape>{{2, 2, 128, 128}}, std::vector<Shape>{{1, 2, 64, 72}}}) {
