@@ -832,6 +832,8 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   g.pieces = pieces;
   g.out = o_.f();
   g.out_stride = value_dim;
+  // The kernels just before (this layer's projections) never write the state.
+  g.early_state_read = true;
   // Each kernel takes its list, or the whole batch when the other has none.
   if (split_.num_rec > 0) {
     cuda::Gdn2RecurrentArgs r = g;

@@ -82,8 +82,10 @@ __device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t,
 template <int KPL, int kRows, bool VEC, int kMinBlocks, bool kDecode>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
   // Programmatic dependent launch (pdl.cuh): the piece table (copied before
-  // the step), the layer's state (only this kernel writes it) and the gate
-  // parameters are read before the wait; the token inputs after it.
+  // the step) and the gate parameters are read before the wait, the state too
+  // when the caller says no kernel in flight writes it (early_state_read);
+  // the token inputs after it.
+  if (!a.early_state_read) PdlWait();
   const int piece = a.piece_list ? a.piece_list[blockIdx.z] : static_cast<int>(blockIdx.z);
   const int hv = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -131,7 +133,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
   // Loading the first token's inputs before the loop (with the state) was
   // measured faster for decode too (0.90x vs 0.66x fla at batch 256, H200).
   constexpr bool kPrefetch = true;
-  PdlWait();
+  if (a.early_state_read) PdlWait();
   PdlLaunchDependents();
   TokenInputs<KPL, kRows> next;
   if constexpr (kPrefetch) {

@@ -101,6 +101,12 @@ struct Gdn2RecurrentArgs {
   int value_tile = 0;
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
   int64_t out_stride = 0;
+  // Gdn2Recurrent as a programmatic dependent (pdl.cuh): true lets it read the
+  // slots' state before waiting for the kernel launched just before it. Only
+  // when that kernel (and anything still in flight) cannot write this layer's
+  // state, as in the engine (the layer's own projections come just before);
+  // two launches on the same state back to back need false.
+  bool early_state_read = false;
 };
 // Token by token: best for decode and short pieces. K <= 256; any V.
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
