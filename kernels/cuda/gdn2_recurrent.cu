@@ -231,15 +231,15 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 // registers for the prefetch within the 128 that 4 blocks an SM allow.
 // Decode launches (one token a piece), without the second input buffer:
 // rows_per_warp 2 or 4 (8 blocks an SM, <= 64 registers) or 8 (5 blocks, 96
-// registers). 0 picks by batch, as measured on an H200 against fla's kernel
-// (bench/RESULTS.md): 4 rows up to 4 sequences (shorter per-warp chains, the
-// latency of a small batch), 8 rows above (more state bytes in flight).
+// registers). 0 takes 4: on an H100 with the states coming from DRAM (as in
+// the engine) 4 rows was the fastest or within 1% at every batch from 1 to
+// 256 (bench/RESULTS.md; 8 rows, the earlier pick above 4 sequences from an
+// H200 run with L2-resident states, was 6-32% slower at 8-64).
 template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
     if (a.max_len == 1) {
-      const int pieces = a.piece_list ? a.num_listed : a.pieces.num_pieces;
-      const int rows = a.rows_per_warp != 0 ? a.rows_per_warp : (pieces <= 4 ? 4 : 8);
+      const int rows = a.rows_per_warp != 0 ? a.rows_per_warp : 4;
       switch (rows) {
         case 2: return LaunchRows<KPL, 2, 8, true>(a, stream);
         case 4: return LaunchRows<KPL, 4, 8, true>(a, stream);
