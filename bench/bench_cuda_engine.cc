@@ -330,7 +330,7 @@ int main(int argc, char** argv) {
   for (const PrefillRun& run : {PrefillRun{gdnserve::PrefillKernel::kRecurrent, "recurrent", "token-by-token"},
                                 PrefillRun{gdnserve::PrefillKernel::kChunkSimt, "chunked", "one-pass chunkwise"},
                                 PrefillRun{gdnserve::PrefillKernel::kChunk, "chunked_wy", "tensor-core chunkwise"}}) {
-    if (only == "decode") break;
+    if (only == "decode" || prefill.empty()) break;
     const char* name = run.name;
     if (!absl::StrContains("," + prefill_kernels + ",", absl::StrCat(",", name, ","))) continue;
     backend.reset();
