@@ -80,8 +80,10 @@ struct RequestOutput {
   RequestTimes times;
 };
 
-// Receives a request's output. Called on the engine thread once per step that
-// produced something for the request; must not block (queue and return).
+// Receives a request's output. Called on the engine's delivery thread (one
+// call at a time, in order) once per step that produced something for the
+// request; must not block (queue and return): a slow sink delays every
+// request's outputs, and past a bound the engine's next steps.
 class RequestSink {
  public:
   virtual ~RequestSink() = default;

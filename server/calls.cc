@@ -128,7 +128,7 @@ class EngineCall {
 
 // Engine outputs are coalesced into one pending message while a write is in
 // flight, so a slow reader costs one message of memory, not one per token,
-// and the engine thread never waits for the network. All gRPC operations
+// and the engine's delivery thread never waits for the network. All gRPC operations
 // (StartWrite, Finish) are chosen under mu_ and started after unlocking, as
 // the last thing a method does: once Finish is started the reactor may be
 // deleted on another thread.

@@ -1,6 +1,6 @@
-// The bridge from the engine thread to the HTTP thread that serves a request.
-// The engine calls the sink on its one thread, which must never wait for a
-// client: OnOutput queues the output and notifies; the HTTP thread waits on
+// The bridge from the engine's delivery thread to the HTTP thread that serves
+// a request. The engine calls the sink on its one delivery thread, which must
+// never wait for a client: OnOutput queues the output and notifies; the HTTP thread waits on
 // the condition variable and takes everything queued at once (so a slow
 // client costs memory for its queued deltas, never engine time).
 #pragma once
@@ -38,14 +38,14 @@ class OutputChannel : public std::enable_shared_from_this<OutputChannel> {
 
  private:
   class Sink;
-  void Push(RequestOutput output);  // engine thread
+  void Push(RequestOutput output);  // the engine's delivery thread
   void Released();                  // the engine let go of the sink
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<RequestOutput> queue_ ABSL_GUARDED_BY(mu_);
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  server::RequestMetrics recorder_;  // engine thread only
+  server::RequestMetrics recorder_;  // the engine's delivery thread only
 };
 
 }  // namespace gdnserve::server::http

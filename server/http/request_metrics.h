@@ -26,8 +26,8 @@
 namespace gdnserve::server {
 
 // One request's recorder. Not thread-safe: the engine calls a request's sink
-// from its one thread. Every update is an atomic (no lock, no allocation
-// after the first output), so it is safe on the engine thread.
+// from its one delivery thread. Every update is an atomic (no lock, no
+// allocation after the first output), so it is cheap on that thread.
 class RequestMetrics {
  public:
   explicit RequestMetrics(ServingMetrics* metrics) : metrics_(metrics) {}  // null: records nothing
