@@ -14,7 +14,9 @@
 // --profile-step: after each decode batch is timed (with the default
 // configuration: CUDA graphs on, the GEMV for small batches), one more step runs between
 // cudaProfilerStart and cudaProfilerStop, so that `ncu --profile-from-start off`
-// (bench/gpu/profile_decode.sh) times exactly one step's kernels.
+// (bench/gpu/profile_decode.sh) times exactly one step's kernels; with the
+// prefill runs, one forward of --chunk tokens of one sequence after each
+// kernel's warm-up (bench/gpu/profile_decode.sh prefill).
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
@@ -351,6 +353,13 @@ int main(int argc, char** argv) {
       for (auto& t : ids) t = tok(rng);
       gdnserve::SeqPiece p{slot, ids, false};
       if (absl::Status s = be.Forward({&p, 1}, &out); !s.ok()) fail(s);
+      if (profile_step) {  // one more forward of that size, for ncu (see --profile-step)
+        CHECK_CUDA(cudaDeviceSynchronize());
+        CHECK_CUDA(cudaProfilerStart());
+        if (absl::Status s = be.Forward({&p, 1}, &out); !s.ok()) fail(s);
+        CHECK_CUDA(cudaDeviceSynchronize());
+        CHECK_CUDA(cudaProfilerStop());
+      }
       (void)be.state_pool().Release(slot);
     }
     for (int S : prefill_seqs) {
