@@ -10,6 +10,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cpu/gdn2.h"
@@ -345,16 +346,19 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
 
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
   SKIP_WITHOUT_GPU();
-  for (const int W : {2, 4}) {
+  // C = 37: a thread a channel; C = 48 (strides multiples of 4): four channels a thread.
+  for (const auto& [W, C, x_stride] : {std::tuple<int, int64_t, int64_t>{2, 37, 50}, {4, 37, 50}, {2, 48, 52},
+                                      {4, 48, 52}, {1, 48, 48}}) {
+    SCOPED_TRACE(::testing::Message() << "C=" << C);
     const std::vector<int> lengths = {1, 2, 3, 5, 64, 1};
     const int P = static_cast<int>(lengths.size());
     const int num_slots = P + 2;
     std::vector<int> slots(P);
     for (int i = 0; i < P; ++i) slots[i] = num_slots - 1 - i;
     Batch b(lengths, slots);
-    const int64_t C = 37, x_stride = 50, T = b.T;
+    const int64_t T = b.T;
     std::vector<float> x = Normal(T * x_stride), wts = Normal(C * W, 0.5f);
-    const int64_t slot_stride = 100 + (W - 1) * C, conv_offset = 100;
+    const int64_t slot_stride = 100 + std::max(W - 1, 1) * C, conv_offset = 100;
     std::vector<float> pool = Normal(num_slots * slot_stride);
     Dev<float> d_x(x), d_w(wts), d_pool(pool), d_out(T * C);
     DevBatch db(b);
@@ -436,7 +440,9 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
       std::shuffle(slots.begin(), slots.end(), rng_);
       slots.resize(P);
       Batch b(std::vector<int>(P, 1), slots);
-      const int64_t C = 45, x_stride = 70, cvt0 = 50, cols = 20;
+      // C = 48: ConvSilu's four-channel path, the one prefill takes in the engine.
+      const bool vec = W % 2 == 0;
+      const int64_t C = vec ? 48 : 45, x_stride = vec ? 72 : 70, cvt0 = vec ? 52 : 50, cols = 20;
       std::vector<float> x = Normal(P * x_stride), wts = Normal(C * W, 0.5f);
       const int64_t slot_stride = 100 + std::max(W - 1, 1) * C, conv_offset = 100;
       std::vector<float> pool = Normal(num_slots * slot_stride);
