@@ -346,7 +346,7 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
 
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
   SKIP_WITHOUT_GPU();
-  // C = 37: a thread a channel; C = 48 (strides multiples of 4): four channels a thread.
+  // Odd and even channel counts and strides, one to four taps.
   for (const auto& [W, C, x_stride] : {std::tuple<int, int64_t, int64_t>{2, 37, 50}, {4, 37, 50}, {2, 48, 52},
                                       {4, 48, 52}, {1, 48, 48}}) {
     SCOPED_TRACE(::testing::Message() << "C=" << C);
@@ -440,7 +440,7 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
       std::shuffle(slots.begin(), slots.end(), rng_);
       slots.resize(P);
       Batch b(std::vector<int>(P, 1), slots);
-      // C = 48: ConvSilu's four-channel path, the one prefill takes in the engine.
+      // Odd and even channel counts and strides.
       const bool vec = W % 2 == 0;
       const int64_t C = vec ? 48 : 45, x_stride = vec ? 72 : 70, cvt0 = vec ? 52 : 50, cols = 20;
       std::vector<float> x = Normal(P * x_stride), wts = Normal(C * W, 0.5f);

@@ -112,34 +112,6 @@ __global__ void ConvSiluKernel(const float* x, int64_t x_stride, const float* w,
   }
 }
 
-// A block per token, a thread per 4 channels (16-byte loads and stores; C,
-// the strides and the conv state's offsets multiples of 4): the taps summed
-// in the same order as ConvSiluKernel, so the results are the same bits.
-__global__ void ConvSilu4Kernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
-                                DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride) {
-  PdlWait();
-  PdlLaunchDependents();
-  for (int64_t t = blockIdx.x; t < pieces.num_tokens; t += gridDim.x) {
-    const int p = pieces.token_piece[t];
-    const int64_t t0 = pieces.start[p];
-    const float* conv = st.base + pieces.slot[p] * st.slot_stride + st.conv_offset;
-    for (int64_t c = 4 * static_cast<int64_t>(threadIdx.x); c < C; c += 4 * static_cast<int64_t>(blockDim.x)) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int j = 0; j < W; ++j) {
-        const int64_t pos = t - t0 - (W - 1) + j;  // position within the piece; < 0 reads the state
-        const float4 xv = pos >= 0 ? *reinterpret_cast<const float4*>(x + (t0 + pos) * x_stride + c)
-                                   : *reinterpret_cast<const float4*>(conv + (W - 1 + pos) * C + c);
-        acc[0] += w[c * W + j] * xv.x;
-        acc[1] += w[(c + 1) * W + j] * xv.y;
-        acc[2] += w[(c + 2) * W + j] * xv.z;
-        acc[3] += w[(c + 3) * W + j] * xv.w;
-      }
-      *reinterpret_cast<float4*>(out + t * out_stride + c) =
-          make_float4(Silu(acc[0]), Silu(acc[1]), Silu(acc[2]), Silu(acc[3]));
-    }
-  }
-}
-
 // One thread per (piece, channel); rows written in increasing order, each
 // after the (higher) old row it reads.
 __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t C, int W, DevicePieces pieces,
@@ -311,15 +283,6 @@ cudaError_t ConvSilu(const float* x, int64_t x_stride, const float* w, int64_t C
                      const LayerStateRef& state, float* out, int64_t out_stride, cudaStream_t stream) {
   const int64_t n = pieces.num_tokens * C;
   if (n == 0) return cudaSuccess;
-  auto a16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  const bool vec = C % 4 == 0 && x_stride % 4 == 0 && out_stride % 4 == 0 && state.slot_stride % 4 == 0 &&
-                   state.conv_offset % 4 == 0 && a16(x) && a16(out) && a16(state.base);
-  if (vec) {
-    const int threads = static_cast<int>(std::min<int64_t>(256, (C / 4 + 31) / 32 * 32));
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(pieces.num_tokens, int64_t{1} << 20));
-    return LaunchPdl(ConvSilu4Kernel, blocks, threads, 0, stream, x, x_stride, w, C, W, pieces, state, out,
-                     out_stride);
-  }
   return LaunchPdl(ConvSiluKernel, Blocks(n, 256), 256, 0, stream, x, x_stride, w, C, W, pieces, state, out,
                    out_stride);
 }
