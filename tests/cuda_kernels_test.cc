@@ -441,8 +441,8 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
       slots.resize(P);
       Batch b(std::vector<int>(P, 1), slots);
       // Odd and even channel counts and strides.
-      const bool vec = W % 2 == 0;
-      const int64_t C = vec ? 48 : 45, x_stride = vec ? 72 : 70, cvt0 = vec ? 52 : 50, cols = 20;
+      const bool even = W % 2 == 0;
+      const int64_t C = even ? 48 : 45, x_stride = even ? 72 : 70, cvt0 = even ? 52 : 50, cols = 20;
       std::vector<float> x = Normal(P * x_stride), wts = Normal(C * W, 0.5f);
       const int64_t slot_stride = 100 + std::max(W - 1, 1) * C, conv_offset = 100;
       std::vector<float> pool = Normal(num_slots * slot_stride);
