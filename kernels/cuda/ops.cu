@@ -257,7 +257,23 @@ std::atomic<bool> programmatic_launch{true};
 }  // namespace
 
 void SetProgrammaticLaunch(bool on) { programmatic_launch.store(on, std::memory_order_relaxed); }
-bool ProgrammaticLaunchOn() { return programmatic_launch.load(std::memory_order_relaxed); }
+
+// On, and the current device is a Hopper or later (compute capability >= 9;
+// asked once per device): older devices launch the ordinary way.
+bool ProgrammaticLaunchOn() {
+  if (!programmatic_launch.load(std::memory_order_relaxed)) return false;
+  constexpr int kDevices = 64;
+  static std::atomic<int8_t> capable[kDevices] = {};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return false;
+  int8_t c = capable[dev].load(std::memory_order_relaxed);
+  if (c == 0) {
+    int major = 0;
+    c = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 1 : -1;
+    capable[dev].store(c, std::memory_order_relaxed);
+  }
+  return c > 0;
+}
 
 cudaError_t EmbeddingLookup(const void* table, DType table_type, const int32_t* ids, int64_t T, int64_t d,
                             float* out, cudaStream_t stream) {

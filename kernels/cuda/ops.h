@@ -159,8 +159,8 @@ cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const voi
                      int64_t ldy, bool accumulate, cudaStream_t stream);
 
 // Kernels of this library launch with programmatic dependent launch
-// (pdl.cuh: each may start while the one before it finishes; Hopper and
-// later) unless this is off. Process-wide; on by default.
+// (pdl.cuh: each may start while the one before it finishes) on Hopper and
+// later devices unless this is off. Process-wide; on by default.
 void SetProgrammaticLaunch(bool on);
 
 // Fills n floats with zeros (state slots).
