@@ -65,7 +65,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::shared_ptr<const Mod
                                                        const BackendSpec& spec) {
   if (absl::Status s = CheckBackendSpec(spec); !s.ok()) return s;
   if (spec.device == "cpu") {
-    return CreateCpuBackend(std::move(weights), {.num_slots = spec.num_slots, .num_threads = spec.num_threads});
+    return CreateCpuBackend(std::move(weights), {.num_slots = spec.num_slots,
+                                                 .num_threads = spec.num_threads,
+                                                 .batch_invariant = spec.batch_invariant});
   }
   absl::StatusOr<int> ordinal = ResolveDevice(spec);
   if (!ordinal.ok()) return ordinal.status();

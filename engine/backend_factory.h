@@ -17,7 +17,7 @@ struct BackendSpec {
   int num_slots = 16;
   int num_threads = 0;         // cpu: 0 = OpenMP/OpenBLAS default
   bool cuda_graphs = true;
-  bool batch_invariant = false;  // cuda: decode rows through fixed GEMM algorithms too
+  bool batch_invariant = false;  // decode rows through fixed GEMM algorithms too (cpu and cuda)
   // cuda: the GDN-2 kernel for prompt pieces (PrefillKernel): "chunk",
   // "chunk-simt" or "recurrent".
   std::string prefill_kernel = "chunk";

@@ -20,7 +20,8 @@ class CpuBackend final : public Backend {
       : weights_(std::move(weights)),
         cfg_(weights_->config),
         proj_(InProjLayout::ForConfig(cfg_)),
-        pool_(StateLayout::ForConfig(cfg_), options.num_slots) {
+        pool_(StateLayout::ForConfig(cfg_), options.num_slots),
+        batch_invariant_(options.batch_invariant) {
     if (options.num_threads > 0) {
       omp_set_num_threads(options.num_threads);
       cpu::SetBlasThreads(options.num_threads);
@@ -39,7 +40,7 @@ class CpuBackend final : public Backend {
   // cpu::Linear over this forward's token rows (or logits rows), one call per
   // run of pieces of one class: prompt rows (pieces marked prompt or longer
   // than one token) row-invariant, decode rows free to take the small-batch
-  // kernel.
+  // kernel (unless batch_invariant_).
   void Linear(bool logits_rows, const float* x, int64_t x_stride, int64_t n_in, const float* W, int64_t n_out,
               const float* bias, float* y, int64_t y_stride, bool accumulate = false);
 
@@ -47,6 +48,7 @@ class CpuBackend final : public Backend {
   const ModelConfig& cfg_;
   InProjLayout proj_;
   StatePool pool_;
+  const bool batch_invariant_;
 
   // Workspace, grown to the largest batch seen ([T, ...] row-major).
   std::vector<int64_t> piece_start_;  // first token row of each piece
@@ -103,12 +105,13 @@ void CpuBackend::Linear(bool logits_rows, const float* x, int64_t x_stride, int6
   for (const RowRun& run : runs_) {
     const int64_t r0 = logits_rows ? run.r0 : run.t0, r1 = logits_rows ? run.r1 : run.t1, m = r1 - r0;
     if (m <= 0) continue;
-    if (!run.prompt || m >= kMinPromptRows) {
+    const bool fixed = run.prompt || batch_invariant_;
+    if (!fixed || m >= kMinPromptRows) {
       cpu::Linear(x + r0 * x_stride, x_stride, m, n_in, W, n_out, bias, y + r0 * y_stride, y_stride, accumulate,
-                  /*row_invariant=*/run.prompt);
+                  /*row_invariant=*/fixed);
       continue;
     }
-    // A short prompt run: padded to kMinPromptRows rows, so sgemm takes the
+    // A short prompt (or batch-invariant decode) run: padded to kMinPromptRows rows, so sgemm takes the
     // path it takes for a cold run's longer pieces (OpenBLAS treats very
     // small products differently: with the 64-wide test models, 8 and 16
     // rows gave other results than 350, 32 did not; 64 leaves a margin). The

@@ -14,6 +14,10 @@ namespace gdnserve {
 struct CpuBackendOptions {
   int num_slots = 16;   // state slots (concurrent sequences)
   int num_threads = 0;  // 0: OpenMP/OpenBLAS defaults
+  // Decode rows through the prompt rows' row-invariant sgemm path too (runs
+  // of under 64 rows padded to 64): every row's logits independent of the
+  // batch it ran in, at the cost of up to 64 rows of work per decode step.
+  bool batch_invariant = false;
 };
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(std::shared_ptr<const ModelWeights> weights,

@@ -58,8 +58,9 @@ ABSL_FLAG(std::string, dtype, "auto",
           "weights' type for the matrices: auto (cpu: f32, cuda: bf16), f32 or bf16 (cuda only)");
 ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs (one per batch size)");
 ABSL_FLAG(bool, batch_invariant, false,
-          "cuda: decode rows through fixed GEMM algorithms too (prompt rows always are), so every sequence's "
-          "tokens are independent of what else is in the batch; slower decode at some batch sizes");
+          "decode rows through fixed GEMM algorithms too (prompt rows always are), so every sequence's "
+          "tokens are independent of what else is in the batch; slower decode (cpu: up to 64 rows of work a "
+          "step; cuda: at some batch sizes)");
 ABSL_FLAG(std::string, prefill_kernel, "chunk",
           "cuda: GDN-2 kernel for prompts: chunk (tensor-core chunkwise), chunk-simt (float32 chunkwise) or "
           "recurrent (token by token)");

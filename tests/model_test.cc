@@ -2,6 +2,7 @@
 // generated test models, plus slot isolation and load errors.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -140,6 +141,40 @@ TEST_P(ModelTest, PackedBatchEqualsOneByOne) {
   }
   for (int s : packed_slot) ASSERT_TRUE(pool.Release(s).ok());
   EXPECT_TRUE(pool.CheckInvariants().ok());
+}
+
+// --batch-invariant: a decode row's logits and state are the same bits alone
+// and among 20 others (the default may take another BLAS kernel for small
+// batches: float32 rounding, PackedBatchEqualsOneByOne).
+TEST_P(ModelTest, BatchInvariantDecodeRowsEqualAlone) {
+  auto be = CreateCpuBackend(weights_, {.num_slots = 24, .batch_invariant = true});
+  ASSERT_TRUE(be.ok()) << be.status();
+  Backend& b = **be;
+  StatePool& pool = b.state_pool();
+  const int S = 21;
+  std::vector<int> slots(S);
+  std::vector<int32_t> next(S);
+  ForwardOutput out;
+  for (int i = 0; i < S; ++i) {
+    slots[i] = *pool.Acquire();
+    const std::vector<int32_t> prompt = RandomIds(1 + static_cast<int>(rng_() % 40));
+    SeqPiece p{slots[i], prompt, false};
+    ASSERT_TRUE(b.Forward({&p, 1}, &out).ok());
+    next[i] = RandomIds(1)[0];
+  }
+  // Sequence 0 alone, from a copy of its state; then everyone in one batch.
+  const int alone = *pool.Acquire();
+  ASSERT_TRUE(pool.Copy(slots[0], alone).ok());
+  SeqPiece p0{alone, absl::MakeConstSpan(&next[0], 1), false};
+  ASSERT_TRUE(b.Forward({&p0, 1}, &out).ok());
+  const std::vector<float> alone_logits(out.Last(0), out.Last(0) + out.vocab);
+  std::vector<SeqPiece> batch;
+  for (int i = 0; i < S; ++i) batch.push_back({slots[i], absl::MakeConstSpan(&next[i], 1), false});
+  ASSERT_TRUE(b.Forward(batch, &out).ok());
+  const std::vector<float> batch_logits(out.Last(0), out.Last(0) + out.vocab);
+  EXPECT_EQ(alone_logits, batch_logits);
+  const int64_t n = pool.layout().floats_per_slot();
+  EXPECT_EQ(0, std::memcmp(pool.Slot(alone), pool.Slot(slots[0]), n * sizeof(float)));
 }
 
 TEST_P(ModelTest, LastTokenLogitsOnlyMatchAllLogits) {
