@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <iterator>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -450,12 +452,17 @@ bool Engine::Step() {
     running_.push_back(std::move(*it));
     waiting_groups_.erase(it);
   }
-  auto find_running = [this](uint64_t id) -> Group* {
-    for (auto& g : running_) {
-      if (g->handle == id) return g.get();
-    }
-    return nullptr;
+  // Handle -> running group, and the handles in this step's batch: lookups
+  // in O(1) (hundreds of streams would make them quadratic per step).
+  std::unordered_map<uint64_t, Group*> by_handle;
+  by_handle.reserve(running_.size());
+  for (auto& g : running_) by_handle.emplace(g->handle, g.get());
+  auto find_running = [&by_handle](uint64_t id) -> Group* {
+    const auto it = by_handle.find(id);
+    return it == by_handle.end() ? nullptr : it->second;
   };
+  std::unordered_set<uint64_t> batched(plan.decode.begin(), plan.decode.end());
+  for (const PrefillPiece& p : plan.prefill) batched.insert(p.id);
 
   // 4. Run the packed batch: decode tokens, then prefill pieces.
   std::vector<SeqPiece> batch;
@@ -595,9 +602,7 @@ bool Engine::Step() {
   std::vector<absl::Status> errors(running_.size());
   for (size_t i = 0; i < running_.size(); ++i) {
     Group& g = *running_[i];
-    const bool in_batch = std::find(plan.decode.begin(), plan.decode.end(), g.handle) != plan.decode.end() ||
-                          std::any_of(plan.prefill.begin(), plan.prefill.end(),
-                                      [&](const PrefillPiece& p) { return p.id == g.handle; });
+    const bool in_batch = batched.count(g.handle) > 0;
     if (in_batch && !status.ok()) {
       errors[i] = status;
       for (Sample& s : g.samples) Finish(s, FinishReason::kCancelled);
