@@ -796,7 +796,7 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.attn_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
   if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
   float* proj = proj_out_.f();
-  if (T == pieces.num_pieces && cfg_.conv_size <= 8) {  // a decode step: one token a piece, one launch
+  if (T == pieces.num_pieces && cfg_.conv_size <= cuda::kDecodeMaxConvWidth) {  // a decode step: one launch
     GDN_CUDA_RETURN(cuda::DecodeMixerPrep(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C,
                                           proj_.f0 - proj_.q, 2 * V, fga_.get(), at, stream_));
   } else {

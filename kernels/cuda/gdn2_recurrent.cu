@@ -226,9 +226,8 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   return LaunchPdl(Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks, kDecode>, grid, kWarps * 32, 0, stream, a);
 }
 
-// Decode batches (one token per piece) take 8 rows a warp (K <= 128): more
-// state bytes in flight per SM. Longer pieces take 4 (2 for K > 128), leaving
-// registers for the prefetch within the 128 that 4 blocks an SM allow.
+// Longer pieces take 4 rows a warp (2 for K > 128), leaving registers for the
+// prefetch within the 128 that 4 blocks an SM allow.
 // Decode launches (one token a piece), without the second input buffer:
 // rows_per_warp 2 or 4 (8 blocks an SM, <= 64 registers) or 8 (5 blocks, 96
 // registers). 0 takes 4: on an H100 with the states coming from DRAM (as in

@@ -132,7 +132,7 @@ __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t 
   }
 }
 
-constexpr int kDecodeMaxConv = 7;  // conv state rows (W - 1) the decode kernel holds in registers
+constexpr int kDecodeMaxConv = kDecodeMaxConvWidth - 1;  // conv state rows the decode kernel holds in registers
 
 // One thread per (piece, column): conv columns first (read the piece's state
 // rows, write the output, shift the state: the thread owns those entries),
@@ -252,27 +252,29 @@ __global__ void ZeroKernel(float* x, int64_t n) {
   }
 }
 
-std::atomic<bool> programmatic_launch{true};
+// -1 off; 0 on, the device not asked yet; 1 on and the device can.
+std::atomic<int> programmatic_launch{0};
 
 }  // namespace
 
-void SetProgrammaticLaunch(bool on) { programmatic_launch.store(on, std::memory_order_relaxed); }
+void SetProgrammaticLaunch(bool on) { programmatic_launch.store(on ? 0 : -1, std::memory_order_relaxed); }
 
-// On, and the current device is a Hopper or later (compute capability >= 9;
-// asked once per device): older devices launch the ordinary way.
+// On, and the device current at the first launch is a Hopper or later
+// (compute capability >= 9; asked once, not per launch): older devices launch
+// the ordinary way.
 bool ProgrammaticLaunchOn() {
-  if (!programmatic_launch.load(std::memory_order_relaxed)) return false;
-  constexpr int kDevices = 64;
-  static std::atomic<int8_t> capable[kDevices] = {};  // 0 unknown, 1 yes, -1 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return false;
-  int8_t c = capable[dev].load(std::memory_order_relaxed);
-  if (c == 0) {
-    int major = 0;
-    c = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 1 : -1;
-    capable[dev].store(c, std::memory_order_relaxed);
+  int mode = programmatic_launch.load(std::memory_order_relaxed);
+  if (mode == 0) {
+    int dev = 0, major = 0;
+    mode = cudaGetDevice(&dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                   major >= 9
+               ? 1
+               : -1;
+    int expected = 0;  // a concurrent SetProgrammaticLaunch wins
+    programmatic_launch.compare_exchange_strong(expected, mode, std::memory_order_relaxed);
   }
-  return c > 0;
+  return mode > 0;
 }
 
 cudaError_t EmbeddingLookup(const void* table, DType table_type, const int32_t* ids, int64_t T, int64_t d,

@@ -62,7 +62,8 @@ cudaError_t ConvStateUpdate(const float* x, int64_t x_stride, int64_t C, int W, 
 // so T = pieces.num_pieces): ConvSilu and ConvStateUpdate for the C conv
 // channels, and x's columns [cvt0, cvt0 + cvt_cols) converted to cvt_type
 // into cvt (row stride cvt_cols) as Convert does. Same results as those three.
-// W <= 8 (cudaErrorInvalidValue otherwise).
+// W <= kDecodeMaxConvWidth (cudaErrorInvalidValue otherwise).
+inline constexpr int kDecodeMaxConvWidth = 8;
 cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
                             const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
                             int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream);
@@ -122,7 +123,7 @@ bool Gdn2ChunkSupported(int K);
 // (kernels/cuda/gdn2_chunk_wy.cu): the work that depends only on a chunk's
 // own inputs for every chunk at once (the WY factors W = T E~, U = T Z), then
 // only the state's passage from chunk to chunk, split over tiles of value
-// columns, so that one long sequence fills the GPU. K <= 128, any V; 104 KiB
+// columns, so that one long sequence fills the GPU. K <= 128, any V; 111 KiB
 // of shared memory per block in the first phase, 144-194 KiB in the second
 // (16-64 state columns a block; Gdn2ChunkedWYSupported says whether the
 // narrowest fits, the launch takes wider ones where they fit). `workspace`
@@ -160,7 +161,8 @@ cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const voi
 
 // Kernels of this library launch with programmatic dependent launch
 // (pdl.cuh: each may start while the one before it finishes) on Hopper and
-// later devices unless this is off. Process-wide; on by default.
+// later devices unless this is off. Process-wide; on by default; the device
+// is asked once, at the first launch after this is (re)set.
 void SetProgrammaticLaunch(bool on);
 
 // Fills n floats with zeros (state slots).
