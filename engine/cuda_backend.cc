@@ -379,17 +379,11 @@ absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
   return absl::OkStatus();
 }
 
-// Decode runs of this many rows or fewer take the GEMV (bf16). Measured on an
-// H100 (1.3B shape, CUDA graphs, bench/RESULTS.md): one row 1.71 vs 1.79 ms a
-// step with cuBLAS (cuBLAS splits the down projection's k and adds a reduction
-// kernel); at 4 and 8 rows cuBLAS's tensor-core kernels win (1.85 vs 2.01 ms,
-// 1.93 vs 2.94 ms): the GEMV's float32 FMAs and conversions start to cost.
-constexpr int64_t kDecodeGemvRows = 1;
 
 // c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c),
 // run by run: rows of prompt pieces (and all rows when batch_invariant)
-// through a fixed algorithm, single decode rows through the GEMV (bf16),
-// longer runs through cuBLAS's choice.
+// through a fixed algorithm, decode runs of up to kCudaDecodeGemvRows rows
+// through the GEMV (bf16), longer runs through cuBLAS's choice.
 absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
                                float* c, int64_t ldc, bool accumulate, bool logits_rows) {
   if (m == 0) return absl::OkStatus();
@@ -401,7 +395,7 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
     float* cr = c + r0 * ldc;
     if (run.prompt || options_.batch_invariant) {
       if (absl::Status s = FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt); !s.ok()) return s;
-    } else if (options_.decode_gemv && wtype_ == DType::kBF16 && r1 - r0 <= kDecodeGemvRows &&
+    } else if (options_.decode_gemv && wtype_ == DType::kBF16 && r1 - r0 <= kCudaDecodeGemvRows &&
                cuda::GemvBf16Supported(r1 - r0, k, lda, ar, w.get())) {
       GDN_CUDA_RETURN(cuda::GemvBf16(ar, lda, r1 - r0, k, w.get(), n, cr, ldc, accumulate, stream_));
     } else if (absl::Status s = GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate); !s.ok()) {

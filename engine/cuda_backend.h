@@ -20,14 +20,18 @@ namespace gdnserve {
 // by token.
 enum class PrefillKernel { kChunk, kChunkSimt, kRecurrent };
 
+// Decode runs of this many rows or fewer take the GEMV when
+// CudaBackendOptions::decode_gemv is on (measured: bench/RESULTS.md).
+inline constexpr int kCudaDecodeGemvRows = 8;
+
 struct CudaBackendOptions {
   int num_slots = 16;  // state slots (concurrent sequences), in GPU memory
   int device = 0;      // CUDA device ordinal
   bool bf16 = true;    // matrices (projections, MLP, embeddings, lm_head) in bf16; else float32
   bool cuda_graphs = true;  // decode steps replay a CUDA graph per batch size
   PrefillKernel prefill_kernel = PrefillKernel::kChunk;
-  // A lone decode row (batch 1) through kernels/cuda/gemv.cu instead of
-  // cuBLAS (bf16 weights; not with batch_invariant).
+  // Decode steps of up to kCudaDecodeGemvRows rows through kernels/cuda/gemv.cu
+  // instead of cuBLAS (bf16 weights; not with batch_invariant).
   bool decode_gemv = true;
   // Kernels launch as programmatic dependents (Hopper+): each may start while
   // the one before it finishes (kernels/cuda/pdl.cuh). Process-wide setting.

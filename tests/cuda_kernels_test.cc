@@ -377,8 +377,10 @@ TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
 }
 
 // The decode GEMV vs the CPU's Linear on bf16-rounded inputs: every row count
-// 1-8, widths not a multiple of the block's rows or of 256 pieces, padded x
-// rows, accumulation; and each output the same bits whatever m is.
+// 1-8 (one row and the tensor-core rows), widths not a multiple of either
+// kernel's tile, k not a multiple of the 32-wide k block (or shorter than
+// one), padded x rows, accumulation; and for 2-8 rows each output the same
+// bits whatever m is.
 TEST_F(CudaKernelTest, GemvMatchesCpu) {
   SKIP_WITHOUT_GPU();
   auto bf16 = [](const std::vector<float>& v) {
@@ -397,11 +399,12 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
     int64_t n, k, ldx;
   };
   for (const Case c : {Case{2304, 2048, 2048}, Case{10497, 2304, 2312}, Case{7, 6208, 6208}, Case{33, 8, 16},
-                       Case{1001, 264, 264}}) {
-    const std::vector<float> w = round(Normal(c.n * c.k)), x = round(Normal(8 * c.ldx));
-    const std::vector<float> y0 = Normal(8 * (c.n + 3));
+                       Case{1001, 264, 264}, Case{40, 6200, 6200}}) {
+    const int rows = cuda::kGemvMaxRows;
+    const std::vector<float> w = round(Normal(c.n * c.k)), x = round(Normal(rows * c.ldx));
+    const std::vector<float> y0 = Normal(rows * (c.n + 3));
     Dev<uint16_t> d_w(bf16(w)), d_x(bf16(x));
-    std::vector<float> single;  // row 0's outputs with m = 1
+    std::vector<float> pair;  // row 0's outputs with m = 2
     for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
       for (const bool acc : {false, true}) {
         SCOPED_TRACE(::testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << m << " acc=" << acc);
@@ -414,16 +417,16 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
         cpu::Linear(x.data(), c.ldx, m, c.k, w.data(), c.n, nullptr, want.data(), ldy, acc, true);
         const std::vector<float> got = d_y.host();
         EXPECT_LE(RelErr(got, want), 1e-5);
-        if (!acc && m == 1) single.assign(got.begin(), got.begin() + c.n);
-        if (!acc) {
-          EXPECT_EQ(0, std::memcmp(got.data(), single.data(), c.n * 4)) << "row 0 differs from m = 1";
+        if (!acc && m == 2) pair.assign(got.begin(), got.begin() + c.n);
+        if (!acc && m >= 2) {
+          EXPECT_EQ(0, std::memcmp(got.data(), pair.data(), c.n * 4)) << "row 0 differs from m = 2";
         }
       }
     }
   }
   // Shapes it does not take.
   Dev<uint16_t> d_a(std::vector<uint16_t>(64));
-  EXPECT_FALSE(cuda::GemvBf16Supported(9, 16, 16, d_a.get(), d_a.get()));
+  EXPECT_FALSE(cuda::GemvBf16Supported(cuda::kGemvMaxRows + 1, 16, 16, d_a.get(), d_a.get()));
   EXPECT_FALSE(cuda::GemvBf16Supported(1, 12, 16, d_a.get(), d_a.get()));
   EXPECT_FALSE(cuda::GemvBf16Supported(1, 16, 16, d_a.get() + 1, d_a.get()));
 }

@@ -189,8 +189,8 @@ import glob, json, os, sys
 out, prompt, gen, budget = sys.argv[1:5]
 raw_path = os.path.join(out, "engine_raw.json")
 raw = json.load(open(raw_path)) if os.path.exists(raw_path) else {"decode": []}
-# bench_cuda_engine reports graphs off and on; the server replays graphs (its default).
-decode = [d for d in raw["decode"] if d.get("cuda_graphs", True) and not d.get("gemv", False)]
+# bench_cuda_engine reports several configurations; the server runs the default one.
+decode = [d for d in raw["decode"] if d.get("config", "default" if d.get("cuda_graphs", True) else "graphs_off") == "default"]
 raw_tps = {d["batch"]: d["batch"] / d["step_seconds"] for d in decode}
 runs = sorted((json.load(open(p)) for p in glob.glob(os.path.join(out, "server_c*.json"))),
               key=lambda r: r["concurrency"])

@@ -4,17 +4,34 @@
 // its CPU twin.
 //
 // Memory bound: each weight byte is read once, so the kernel's job is to keep
-// enough loads in flight on every SM. A block owns R consecutive weight rows
-// and all 256 threads stride over their length together in 16-byte pieces
-// (8 bf16 a thread, R rows at once, two steps in flight), so a matrix of only
-// a few thousand rows (o_proj: 2304) still fills the GPU. The x rows are tiny
-// and come through the read-only cache. Partial sums are reduced by warp
-// shuffles, then across the 8 warps in a fixed order: one thread writes each
-// output, no atomics, and the result does not depend on m or on other rows.
-// Launched as a programmatic dependent (pdl.cuh), a block asks for its
-// weights into L2 before it waits for the kernel that writes x: the weight
-// stream starts while that kernel finishes.
+// enough loads in flight and spend few instructions per byte. Two kernels:
+//
+// One x row (RowKernel): a block owns 4 weight rows and its 256 threads stride
+// over their length together in 16-byte pieces (float32 FMAs: 8 per 16 bytes
+// of weights, no tensor core needed), so even a matrix of 2304 rows fills the
+// GPU; the block asks for its rows into L2 before it waits (below).
+//
+// 2-8 x rows (TcKernel): float32 FMAs would cost m times as much, so the
+// products run on tensor cores (mma.sync m16n8k16, bf16 in, float32
+// accumulation). A block owns a tile of 16 weight rows (the 16-row operand;
+// the x rows are the 8 columns); its 8 warps take the tile's 32-wide k blocks
+// in turn, four blocks' loads in flight a warp. Each lane loads 16 bytes of two
+// weight rows and 16 bytes of one x row at the same k offset, and the products
+// read those registers as they are: the k order inside a 32-block is permuted
+// the same way for both operands, so the dot products are unchanged and
+// nothing is shuffled. Matrices of few tiles (fewer than two a
+// multiprocessor: o_proj, down) also load a warp's next four blocks before
+// multiplying the current ones; with many tiles that costs more than it gains.
+//
+// Partial sums are added in a fixed order; one thread writes each output, no
+// atomics; for 2-8 rows a row's result does not depend on m or on the other
+// rows. Launched as programmatic dependents (pdl.cuh), both start their
+// weight stream before they wait for the kernel that writes x (weights are
+// written by no kernel of a step). Measured on an H100 against cuBLAS and
+// variants (bench/RESULTS.md, bench/gpu/gemv_variants.cu).
 #include <cuda_bf16.h>
+
+#include <cstdint>
 
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
@@ -24,7 +41,30 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr unsigned kFull = 0xffffffffu;
+constexpr int kTile = 16;   // weight rows a block
+constexpr int kUnroll = 4;  // k blocks in flight a warp
+
+// D = A (16 x 16, row) B (16 x 8, col) + D, bf16 inputs, float32 accumulation.
+__device__ __forceinline__ void Mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// One 32-wide k block. Lane (g, t) = (lane / 4, lane % 4) holds elements
+// [8t, 8t + 8) of the block in weight rows g (wa) and g + 8 (wb) and of x row
+// g (xv). The first product takes the pairs 8t + {0,1} and 8t + {2,3} as its
+// k = 2t + {0,1} and 2t + 8 + {0,1} (the fragment layout of m16n8k16), the
+// second 8t + {4..7}: every k of the block once, the same for both operands.
+__device__ __forceinline__ void MmaBlock(float (&d)[4], const uint4& wa, const uint4& wb, const uint4& xv) {
+  Mma(d, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+  Mma(d, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
+}
 
 __device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float& acc) {
   const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -36,98 +76,160 @@ __device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float&
   }
 }
 
-__device__ __forceinline__ void Unpack8(const uint4& v, float (&x)[8]) {
-  const auto* p = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(p[i]);
-    x[2 * i] = f.x;
-    x[2 * i + 1] = f.y;
-  }
-}
-
-// Piece j (8 elements) of every one of the block's R rows times the M x rows.
-template <int M, int R>
-__device__ __forceinline__ void Step(const uint4 (&wv)[R], const __nv_bfloat16* __restrict__ x, int64_t ldx,
-                                     int64_t kk, float (&acc)[R][M]) {
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    float xf[8];
-    Unpack8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx + kk)), xf);
-#pragma unroll
-    for (int r = 0; r < R; ++r) Dot8(wv[r], xf, acc[r][m]);
-  }
-}
-
-template <int M, int R>
-__global__ void __launch_bounds__(kThreads) GemvKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
-                                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                       float* __restrict__ y, int64_t ldy, bool accumulate) {
-  __shared__ float partial[kWarps][R * M];
+// y[n0 .. n0 + kRowTile) for one x row.
+constexpr int kRowTile = 4;
+__global__ void __launch_bounds__(kThreads) RowKernel(const __nv_bfloat16* __restrict__ x,
+                                                      const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
+                                                      float* __restrict__ y, bool accumulate) {
+  __shared__ float partial[kWarps][kRowTile];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * R;
-  const int rows = static_cast<int>(n - n0 < R ? n - n0 : R);
-  const __nv_bfloat16* wr[R];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowTile;
+  const int rows = static_cast<int>(n - n0 < kRowTile ? n - n0 : kRowTile);
+  const __nv_bfloat16* wr[kRowTile];
 #pragma unroll
-  for (int r = 0; r < R; ++r) wr[r] = w + (n0 + (r < rows ? r : 0)) * k;  // a missing row re-reads row 0
+  for (int r = 0; r < kRowTile; ++r) wr[r] = w + (n0 + (r < rows ? r : 0)) * k;  // a missing row re-reads row 0
   const int64_t pieces = k / 8;
   for (int64_t q = tid; q < pieces; q += kThreads) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + q * 8));
+    for (int r = 0; r < kRowTile; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + q * 8));
   }
   PdlWait();
   PdlLaunchDependents();
-  float acc[R][M] = {};
+  float acc[kRowTile] = {};
+  auto step = [&](const uint4 (&wv)[kRowTile], int64_t j) {
+    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + j * 8));
+    const auto* p = reinterpret_cast<const __nv_bfloat162*>(&xv);
+    float xf[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(p[i]);
+      xf[2 * i] = f.x;
+      xf[2 * i + 1] = f.y;
+    }
+#pragma unroll
+    for (int r = 0; r < kRowTile; ++r) Dot8(wv[r], xf, acc[r]);
+  };
   int64_t j = tid;
   for (; j + kThreads < pieces; j += 2 * kThreads) {  // two steps in flight
-    uint4 a[R], b[R];
+    uint4 a[kRowTile], b[kRowTile];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < kRowTile; ++r) {
       a[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r] + j * 8));
       b[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r] + (j + kThreads) * 8));
     }
-    Step<M, R>(a, x, ldx, j * 8, acc);
-    Step<M, R>(b, x, ldx, (j + kThreads) * 8, acc);
+    step(a, j);
+    step(b, j + kThreads);
   }
   if (j < pieces) {
-    uint4 a[R];
+    uint4 a[kRowTile];
 #pragma unroll
-    for (int r = 0; r < R; ++r) a[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r] + j * 8));
-    Step<M, R>(a, x, ldx, j * 8, acc);
+    for (int r = 0; r < kRowTile; ++r) a[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r] + j * 8));
+    step(a, j);
   }
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < kRowTile; ++r) {
+    float v = acc[r];
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float v = acc[r][m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
-      if (lane == 0) partial[warp][r * M + m] = v;
-    }
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) partial[warp][r] = v;
   }
   __syncthreads();
-  if (tid < R * M) {
-    const int r = tid / M, m = tid % M;
-    if (r < rows) {
+  if (tid < rows) {
+    float s = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kWarps; ++q) s += partial[q][tid];
+    y[n0 + tid] = accumulate ? y[n0 + tid] + s : s;
+  }
+}
+
+// Weights are read once: no L1 allocation, L2 fetches in 256-byte pieces.
+__device__ __forceinline__ uint4 LoadWeights(const __nv_bfloat16* p, bool ok) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (ok) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+  }
+  return r;
+}
+
+// 2 <= m <= 8; kPipe: the next batch's loads before the current batch's
+// products.
+template <bool kPipe>
+__global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int m,
+                                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
+                                                       float* __restrict__ y, int64_t ldy, bool accumulate) {
+  __shared__ float partial[kWarps][8][kTile];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane >> 2, t = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int rows = static_cast<int>(n - n0 < kTile ? n - n0 : kTile);
+  // Rows past n re-read the tile's last row (their outputs are dropped).
+  const __nv_bfloat16* ra = w + (n0 + (g < rows ? g : rows - 1)) * k + 8 * t;
+  const __nv_bfloat16* rb = w + (n0 + (g + 8 < rows ? g + 8 : rows - 1)) * k + 8 * t;
+  // This warp's k blocks are warp, warp + kWarps, ...: `mine` of them.
+  const int64_t blocks = (k + 31) / 32;
+  const int64_t mine = blocks > warp ? (blocks - warp + kWarps - 1) / kWarps : 0;
+  uint4 wa[kUnroll], wb[kUnroll];
+  auto load = [&](int64_t i0) {  // this warp's blocks i0 .. i0 + kUnroll - 1
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + u, kk = (warp + i * kWarps) * 32;
+      const bool ok = i < mine && kk + 8 * t < k;
+      wa[u] = LoadWeights(ra + kk, ok);
+      wb[u] = LoadWeights(rb + kk, ok);
+    }
+  };
+  load(0);  // weights: no kernel of the step writes them
+  PdlWait();
+  PdlLaunchDependents();
+  // x rows past m are zeros.
+  const bool xok = g < m;
+  const __nv_bfloat16* xr = x + (xok ? g : 0) * ldx + 8 * t;
+  float acc[4] = {};
+  for (int64_t i0 = 0; i0 < mine; i0 += kUnroll) {
+    uint4 ca[kUnroll], cb[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) ca[u] = wa[u], cb[u] = wb[u];
+    if (kPipe && i0 + kUnroll < mine) load(i0 + kUnroll);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = i0 + u, kk = (warp + i * kWarps) * 32;
+      const bool ok = i < mine && kk + 8 * t < k;
+      const uint4 xv = ok && xok ? __ldg(reinterpret_cast<const uint4*>(xr + kk)) : make_uint4(0, 0, 0, 0);
+      MmaBlock(acc, ca[u], cb[u], xv);
+    }
+    if (!kPipe && i0 + kUnroll < mine) load(i0 + kUnroll);
+  }
+  // Accumulator (g, 2t + {0,1}) and (g + 8, 2t + {0,1}): weight row, x row.
+  partial[warp][2 * t][g] = acc[0];
+  partial[warp][2 * t + 1][g] = acc[1];
+  partial[warp][2 * t][g + 8] = acc[2];
+  partial[warp][2 * t + 1][g + 8] = acc[3];
+  __syncthreads();
+  for (int i = tid; i < 8 * kTile; i += kThreads) {
+    const int col = i / kTile, row = i % kTile;  // consecutive threads, consecutive outputs
+    if (col < m && row < rows) {
       float s = 0.0f;
 #pragma unroll
-      for (int q = 0; q < kWarps; ++q) s += partial[q][tid];
-      float* out = y + m * ldy + n0 + r;
+      for (int q = 0; q < kWarps; ++q) s += partial[q][col][row];
+      float* out = y + col * ldy + n0 + row;
       *out = accumulate ? *out + s : s;
     }
   }
 }
 
-template <int M>
-cudaError_t Launch(const void* x, int64_t ldx, const void* w, int64_t n, int64_t k, float* y, int64_t ldy,
-                   bool accumulate, cudaStream_t stream) {
-  // Four rows a block for one to four x rows, two above (registers).
-  constexpr int R = M <= 4 ? 4 : 2;
-  const int64_t blocks = (n + R - 1) / R;
-  if (blocks > 2147483647) return cudaErrorInvalidValue;
-  return LaunchPdl(GemvKernel<M, R>, static_cast<unsigned>(blocks), kThreads, 0, stream,
-                   static_cast<const __nv_bfloat16*>(x), ldx, static_cast<const __nv_bfloat16*>(w), n, k, y, ldy,
-                   accumulate);
+// Multiprocessors of the current device (asked once per device and thread;
+// 132 if unknown).
+int Multiprocessors() {
+  thread_local int cached_dev = -1, cached = 132;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return cached;
+  if (dev != cached_dev) {
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0) cached = sms;
+    cached_dev = dev;
+  }
+  return cached;
 }
 
 }  // namespace
@@ -140,16 +242,18 @@ bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const v
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                      int64_t ldy, bool accumulate, cudaStream_t stream) {
   if (!GemvBf16Supported(m, k, ldx, x, w) || n <= 0) return cudaErrorInvalidValue;
-  switch (m) {
-    case 1: return Launch<1>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 2: return Launch<2>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 3: return Launch<3>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 4: return Launch<4>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 5: return Launch<5>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 6: return Launch<6>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    case 7: return Launch<7>(x, ldx, w, n, k, y, ldy, accumulate, stream);
-    default: return Launch<8>(x, ldx, w, n, k, y, ldy, accumulate, stream);
+  const auto* xb = static_cast<const __nv_bfloat16*>(x);
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  if (m == 1) {
+    const int64_t blocks = (n + kRowTile - 1) / kRowTile;
+    if (blocks > 2147483647) return cudaErrorInvalidValue;
+    return LaunchPdl(RowKernel, static_cast<unsigned>(blocks), kThreads, 0, stream, xb, wb, n, k, y, accumulate);
   }
+  const int64_t blocks = (n + kTile - 1) / kTile;
+  if (blocks > 2147483647) return cudaErrorInvalidValue;
+  const bool pipe = blocks < 2 * static_cast<int64_t>(Multiprocessors());
+  return LaunchPdl(pipe ? TcKernel<true> : TcKernel<false>, static_cast<unsigned>(blocks), kThreads, 0, stream, xb,
+                   ldx, static_cast<int>(m), wb, n, k, y, ldy, accumulate);
 }
 
 }  // namespace gdnserve::cuda

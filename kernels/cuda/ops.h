@@ -151,8 +151,9 @@ cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride
 
 // Decode-size linear layer: y[m, n] (+)= x[m, :] . w[n, :] (row strides ldx,
 // ldy; w rows of k), bf16 x and w, float32 accumulation and y, for
-// 1 <= m <= kGemvMaxRows. Each output's sum runs in the same order whatever m
-// is. Needs k and ldx multiples of 8 and 16-byte aligned x and w
+// 1 <= m <= kGemvMaxRows (one row on CUDA cores, 2-8 on tensor cores). For
+// 2 <= m <= 8 each output's sum runs in the same order whatever m is (m = 1
+// takes the other kernel). Needs k and ldx multiples of 8 and 16-byte aligned x and w
 // (GemvBf16Supported); cudaErrorInvalidValue otherwise.
 inline constexpr int kGemvMaxRows = 8;
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
