@@ -337,10 +337,16 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
   // V not a multiple of 4.
   CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3>, {{1, 2, 64, 30}}, {65, 1, 130}, false, rng_);
   // The wider state tiles (the pick takes them for many sequences), V not a
-  // multiple of them.
+  // multiple of them; TF32 x 3 and TF32.
   for (const std::vector<Shape>& sh : {std::vector<Shape>{{2, 2, 128, 128}}, std::vector<Shape>{{1, 2, 64, 72}}}) {
     CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3, 32>, sh, {65, 1, 130}, false, rng_);
     CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3, 64>, sh, {65, 1, 130}, true, rng_);
+    CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32, 16>, sh, {65, 1, 130}, false, rng_, false, 0, 2e-3,
+                    true);
+    CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32, 32>, sh, {65, 1, 130}, false, rng_, false, 0, 2e-3,
+                    true);
+    CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32, 64>, sh, {65, 1, 130}, true, rng_, true, 0, 2e-3,
+                    true, true);
   }
 }
 

@@ -26,7 +26,10 @@
 //
 // Tensor-core products are TF32 (mma.sync m16n8k8, float32 accumulation);
 // ChunkMath::kTf32x3 splits each operand in a TF32 head and tail and adds the
-// three significant products, for float32 accuracy (float32 models).
+// three significant products, for float32 accuracy (float32 models). In TF32
+// the operands phase 2 multiplies chunk after chunk (W, Q~, K^, M, N) are
+// stored already rounded to TF32, so its inner loops convert only the state:
+// the same products as rounding at every load.
 #include <cstdint>
 
 #include "kernels/cuda/gdn2_chunk_common.cuh"
@@ -65,9 +68,13 @@ __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int NT, bool kTA, bool kTB, ChunkMath kMath>
+// kARounded / kBRounded: that operand's values are TF32 already (Round32
+// below), so TF32 products (not TF32 x 3, which splits them) take their bits
+// as they are: the same products, fewer instructions in the inner loop.
+template <int NT, bool kTA, bool kTB, ChunkMath kMath, bool kARounded = false, bool kBRounded = false>
 __device__ __forceinline__ void WarpMma(float (&acc)[NT][4], const float* A, int lda, int m0, const float* B,
                                         int ldb, int n0, int k0, int k1) {
+  constexpr bool kARaw = kARounded && kMath == ChunkMath::kTf32, kBRaw = kBRounded && kMath == ChunkMath::kTf32;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   auto at = [&](int m, int k) { return kTA ? A[k * lda + m] : A[m * lda + k]; };
   auto bt = [&](int k, int n) { return kTB ? B[n * ldb + k] : B[k * ldb + n]; };
@@ -76,13 +83,13 @@ __device__ __forceinline__ void WarpMma(float (&acc)[NT][4], const float* A, int
     uint32_t ah[4], al[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      ah[i] = Tf32(af[i]);
+      ah[i] = kARaw ? __float_as_uint(af[i]) : Tf32(af[i]);
       if constexpr (kMath == ChunkMath::kTf32x3) al[i] = Tf32(af[i] - __uint_as_float(ah[i]));
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const float b0 = bt(k + t, n0 + 8 * j + g), b1 = bt(k + t + 4, n0 + 8 * j + g);
-      const uint32_t bh0 = Tf32(b0), bh1 = Tf32(b1);
+      const uint32_t bh0 = kBRaw ? __float_as_uint(b0) : Tf32(b0), bh1 = kBRaw ? __float_as_uint(b1) : Tf32(b1);
       if constexpr (kMath == ChunkMath::kTf32x3) {
         Mma(acc[j], al, bh0, bh1);
         Mma(acc[j], ah, Tf32(b0 - __uint_as_float(bh0)), Tf32(b1 - __uint_as_float(bh1)));
@@ -90,6 +97,13 @@ __device__ __forceinline__ void WarpMma(float (&acc)[NT][4], const float* A, int
       Mma(acc[j], ah, bh0, bh1);
     }
   }
+}
+
+// x as a TF32 product will see it (cvt.rna), for values written once and
+// multiplied many times; float32 (TF32 x 3) keeps every bit.
+template <ChunkMath kMath>
+__device__ __forceinline__ float Round32(float x) {
+  return kMath == ChunkMath::kTf32 ? __uint_as_float(Tf32(x)) : x;
 }
 
 template <int NT>
@@ -286,7 +300,8 @@ __device__ __forceinline__ void OffTile(int j, bool* is_m, int* s, int* n0) {
 // out[t][j] (row stride ld, global) = (T X)[t][j] for a slice X [kC][Ss] of
 // kSl columns in shared memory, T [kC][As] lower triangular: a 16 x 8 tile a
 // warp at a time, k only up to the tile's last row.
-template <int kWarps, ChunkMath kMath>
+// kRound: the outputs rounded as Round32 (factors phase 2 only multiplies).
+template <int kWarps, ChunkMath kMath, bool kRound>
 __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
   for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
@@ -294,8 +309,9 @@ __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
     float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
     WarpMma<1, false, false, kMath>(acc, sT, Smem1::As, m0, sX, Smem1::Ss, n0, 0, m0 + 16);
     const int c = n0 + 2 * tq;
-    *reinterpret_cast<float2*>(&out[(m0 + g) * ld + c]) = make_float2(acc[0][0], acc[0][1]);
-    *reinterpret_cast<float2*>(&out[(m0 + g + 8) * ld + c]) = make_float2(acc[0][2], acc[0][3]);
+    auto r = [](float x) { return kRound ? Round32<kMath>(x) : x; };
+    *reinterpret_cast<float2*>(&out[(m0 + g) * ld + c]) = make_float2(r(acc[0][0]), r(acc[0][1]));
+    *reinterpret_cast<float2*>(&out[(m0 + g + 8) * ld + c]) = make_float2(r(acc[0][2]), r(acc[0][3]));
   }
 }
 
@@ -381,8 +397,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     for (int i = tid; i < kC * kSl; i += kThreads1) {
       const int t = i / kSl, c = i % kSl;
       const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
-      oQ[t * Kp + c0 + c] = sQ[t * ss + c] * f;
-      oK[t * Kp + c0 + c] = sK[t * ss + c] * DecayBetween(sG, sGl, (kC - 1) * ss + c, t * ss + c);
+      oQ[t * Kp + c0 + c] = Round32<kMath>(sQ[t * ss + c] * f);
+      oK[t * Kp + c0 + c] = Round32<kMath>(sK[t * ss + c] * DecayBetween(sG, sGl, (kC - 1) * ss + c, t * ss + c));
       oW[t * Kp + c0 + c] = sE[t * ss + c] * f;
       if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
     }
@@ -493,7 +509,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
   }
 
-  for (int i = tid; i < kC * kC; i += kThreads1) oM[i] = sM[(i / kC) * as + i % kC];
+  for (int i = tid; i < kC * kC; i += kThreads1) oM[i] = Round32<kMath>(sM[(i / kC) * as + i % kC]);
 
   // Pass 2: W = T E~, E~ read back from W's place (this block wrote it).
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
@@ -510,7 +526,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       sE[(i / kSl) * ss + i % kSl] = e[u];
     }
     __syncthreads();
-    TimesT<kWarps, kMath>(sT, sE, oW + c0, Kp);
+    TimesT<kWarps, kMath, true>(sT, sE, oW + c0, Kp);
     __syncthreads();  // E free for the next slice
   }
 
@@ -537,7 +553,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         sZ[(i / kSl) * ss + i % kSl] = chunk_common::Sigmoid(wv[u]) * vv[u];
       }
       __syncthreads();
-      TimesT<kWarps, kMath>(sT, sZ, oU + v0, l.Vp);
+      TimesT<kWarps, kMath, false>(sT, sZ, oU + v0, l.Vp);
       __syncthreads();
     }
   }
@@ -629,15 +645,15 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
     // P = [W; Q~] S0: warp w the rows [16 w, 16 w + 16).
     float acc[NT][4];
     ZeroAcc(acc);
-    WarpMma<NT, false, false, kMath>(acc, sWQ, ks, 16 * warp, sS, us, 0, 0, Kp);
+    WarpMma<NT, false, false, kMath, true>(acc, sWQ, ks, 16 * warp, sS, us, 0, 0, Kp);
     if (warp < 4) {  // N = U - P_W
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int c = 8 * j + 2 * tq, r = 16 * warp + g;
-        sN[r * us + c] = sU[r * us + c] - acc[j][0];
-        sN[r * us + c + 1] = sU[r * us + c + 1] - acc[j][1];
-        sN[(r + 8) * us + c] = sU[(r + 8) * us + c] - acc[j][2];
-        sN[(r + 8) * us + c + 1] = sU[(r + 8) * us + c + 1] - acc[j][3];
+        sN[r * us + c] = Round32<kMath>(sU[r * us + c] - acc[j][0]);
+        sN[r * us + c + 1] = Round32<kMath>(sU[r * us + c + 1] - acc[j][1]);
+        sN[(r + 8) * us + c] = Round32<kMath>(sU[(r + 8) * us + c] - acc[j][2]);
+        sN[(r + 8) * us + c + 1] = Round32<kMath>(sU[(r + 8) * us + c + 1] - acc[j][3]);
       }
     }
     CpAsyncWait<0>();  // set B of this chunk
@@ -645,7 +661,7 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
     if (more) load_a(chunk + 1);
     if (warp >= 4) {  // O = P_Q + M N, written out
       const int m0 = 16 * (warp - 4);
-      WarpMma<NT, false, false, kMath>(acc, sM, as, m0, sN, us, 0, 0, m0 + 16);
+      WarpMma<NT, false, false, kMath, true, true>(acc, sM, as, m0, sN, us, 0, 0, m0 + 16);
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int c = 8 * j + 2 * tq;
@@ -670,7 +686,7 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
         st[j][2] = sD[m0 + g + 8] * sS[(m0 + g + 8) * us + c];
         st[j][3] = sD[m0 + g + 8] * sS[(m0 + g + 8) * us + c + 1];
       }
-      WarpMma<NT, true, false, kMath>(st, sKh, kh, m0, sN, us, 0, 0, RoundUp(n, 8));
+      WarpMma<NT, true, false, kMath, true, true>(st, sKh, kh, m0, sN, us, 0, 0, RoundUp(n, 8));
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int c = 8 * j + 2 * tq;
