@@ -27,9 +27,10 @@
 // Tensor-core products are TF32 (mma.sync m16n8k8, float32 accumulation);
 // ChunkMath::kTf32x3 splits each operand in a TF32 head and tail and adds the
 // three significant products, for float32 accuracy (float32 models). In TF32
-// the operands phase 2 multiplies chunk after chunk (W, Q~, K^, M, N) are
-// stored already rounded to TF32, so its inner loops convert only the state:
-// the same products as rounding at every load.
+// operands are rounded to TF32 once, where they are written (phase 2's W,
+// Q~, K^, M, N; phase 1's scaled key rows, T and the slices T multiplies), so
+// the inner loops convert only phase 2's state: the same products as
+// rounding at every load.
 #include <cstdint>
 
 #include "kernels/cuda/gdn2_chunk_common.cuh"
@@ -298,8 +299,8 @@ __device__ __forceinline__ void OffTile(int j, bool* is_m, int* s, int* n0) {
 }
 
 // out[t][j] (row stride ld, global) = (T X)[t][j] for a slice X [kC][Ss] of
-// kSl columns in shared memory, T [kC][As] lower triangular: a 16 x 8 tile a
-// warp at a time, k only up to the tile's last row.
+// kSl columns in shared memory, T [kC][As] lower triangular, both rounded by
+// Round32: a 16 x 8 tile a warp at a time, k only up to the tile's last row.
 // kRound: the outputs rounded as Round32 (factors phase 2 only multiplies).
 template <int kWarps, ChunkMath kMath, bool kRound>
 __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
@@ -307,7 +308,7 @@ __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
   for (int job = warp; job < 4 * (kSl / 8); job += kWarps) {
     const int m0 = (job % 4) * 16, n0 = (job / 4) * 8;
     float acc[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
-    WarpMma<1, false, false, kMath>(acc, sT, Smem1::As, m0, sX, Smem1::Ss, n0, 0, m0 + 16);
+    WarpMma<1, false, false, kMath, true, true>(acc, sT, Smem1::As, m0, sX, Smem1::Ss, n0, 0, m0 + 16);
     const int c = n0 + 2 * tq;
     auto r = [](float x) { return kRound ? Round32<kMath>(x) : x; };
     *reinterpret_cast<float2*>(&out[(m0 + g) * ld + c]) = make_float2(r(acc[0][0]), r(acc[0][1]));
@@ -438,13 +439,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     for (int i = tid; i < 3 * kSub * kSl; i += kThreads1) {
       const int t = kSub + i / kSl, c = i % kSl, r = t / kSub * kSub - 1;
       const float f = DecayBetween(sG, sGl, t * ss + c, r * ss + c);
-      sE[t * ss + c] *= f;
-      sQ[t * ss + c] *= f;
+      sE[t * ss + c] = Round32<kMath>(sE[t * ss + c] * f);
+      sQ[t * ss + c] = Round32<kMath>(sQ[t * ss + c] * f);
     }
     for (int i = tid; i < 6 * kSub * kSl; i += kThreads1) {
       const int row = i / kSl, c = i % kSl;
       const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
-      sX[row * ss + c] = sK[t * ss + c] * DecayBetween(sG, sGl, r * ss + c, t * ss + c);
+      sX[row * ss + c] = Round32<kMath>(sK[t * ss + c] * DecayBetween(sG, sGl, r * ss + c, t * ss + c));
     }
     __syncthreads();
 #pragma unroll
@@ -452,7 +453,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       bool is_m;
       int s, n0;
       OffTile(warp + j * kWarps, &is_m, &s, &n0);
-      WarpMma<1, false, true, kMath>(acc[j], is_m ? sQ : sE, ss, s * kSub, sX + KOff(s) * ss, ss, n0, 0, kSl);
+      WarpMma<1, false, true, kMath, true, true>(acc[j], is_m ? sQ : sE, ss, s * kSub, sX + KOff(s) * ss, ss, n0, 0,
+                                                 kSl);
     }
   }
 #pragma unroll
@@ -509,7 +511,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
   }
 
-  for (int i = tid; i < kC * kC; i += kThreads1) oM[i] = Round32<kMath>(sM[(i / kC) * as + i % kC]);
+  // T from here on only multiplies (W and U): rounded once (the barrier
+  // before the first product is pass 2's).
+  for (int i = tid; i < kC * kC; i += kThreads1) {
+    const int r = i / kC, c = i % kC;
+    oM[i] = Round32<kMath>(sM[r * as + c]);
+    sT[r * as + c] = Round32<kMath>(sT[r * as + c]);
+  }
 
   // Pass 2: W = T E~, E~ read back from W's place (this block wrote it).
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
@@ -523,7 +531,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
       const int i = tid + u * kThreads1;
-      sE[(i / kSl) * ss + i % kSl] = e[u];
+      sE[(i / kSl) * ss + i % kSl] = Round32<kMath>(e[u]);
     }
     __syncthreads();
     TimesT<kWarps, kMath, true>(sT, sE, oW + c0, Kp);
@@ -550,7 +558,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
         const int i = tid + u * kThreads1;
-        sZ[(i / kSl) * ss + i % kSl] = chunk_common::Sigmoid(wv[u]) * vv[u];
+        sZ[(i / kSl) * ss + i % kSl] = Round32<kMath>(chunk_common::Sigmoid(wv[u]) * vv[u]);
       }
       __syncthreads();
       TimesT<kWarps, kMath, false>(sT, sZ, oU + v0, l.Vp);
