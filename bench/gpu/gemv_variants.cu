@@ -1,5 +1,10 @@
-// Exploration (not built by CMake): decode GEMV variants vs cuBLAS on the 1.3B
-// shapes, weights rotated over copies larger than L2 (cold weights).
+// Exploration (not built by CMake): tensor-core decode GEMV variants
+// (kernels/cuda/gemv.cu took the best: 8 warps a 16-row tile, 4 k blocks in
+// flight, the first batch loaded before the programmatic wait, the next batch
+// before the products for matrices of few tiles) vs cuBLAS on the 1.3B shapes,
+// each launched after a short kernel with programmatic dependent launch as in
+// a decode step, weights rotated over copies larger than L2. Results:
+// bench/RESULTS.md. Standalone:
 // nvcc -O3 -std=c++17 -arch=sm_90a -lcublas bench/gpu/gemv_variants.cu -o /tmp/gv && /tmp/gv
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -28,86 +33,6 @@ __device__ __forceinline__ uint4 Ld(const __nv_bfloat16* p, bool ok) {
   asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
   return r;
 }
-
-// WARPS warps a block, KS warps share one 16-row tile's k (tiles a block = WARPS / KS).
-template <int WARPS, int KS, int U, int LD, bool PF>
-__global__ void __launch_bounds__(WARPS * 32) TcGemv(const __nv_bfloat16* __restrict__ x, int64_t ldx, int m,
-                                                     const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                     float* __restrict__ y, int64_t ldy) {
-  constexpr int TPB = WARPS / KS;
-  __shared__ float partial[WARPS][8][16];
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane >> 2, t = lane & 3;
-  const int tile_in_block = warp / KS, ks = warp % KS;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * TPB + tile_in_block) * 16;
-  if (PF) {
-    const int64_t b0 = static_cast<int64_t>(blockIdx.x) * TPB * 16;
-    int64_t brows = n - b0 < TPB * 16 ? n - b0 : TPB * 16;
-    const char* base = reinterpret_cast<const char*>(w + b0 * k);
-    for (int64_t off = static_cast<int64_t>(tid) * 128; off < brows * k * 2; off += WARPS * 32 * 128)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
-  }
-  const int rows = n0 < n ? static_cast<int>(n - n0 < 16 ? n - n0 : 16) : 0;
-  float acc[4] = {0, 0, 0, 0};
-  if (rows > 0) {
-    const __nv_bfloat16* ra = w + (n0 + (g < rows ? g : rows - 1)) * k + 8 * t;
-    const __nv_bfloat16* rb = w + (n0 + (g + 8 < rows ? g + 8 : rows - 1)) * k + 8 * t;
-    const bool xok = g < m;
-    const __nv_bfloat16* xr = x + (xok ? g : 0) * ldx + 8 * t;
-    const int64_t blocks = (k + 31) / 32;
-    int64_t kb = ks;
-    for (; kb + (U - 1) * KS < blocks; kb += U * KS) {
-      uint4 wa[U], wb[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t kk = (kb + u * KS) * 32;
-        const bool ok = kk + 8 * t < k;
-        wa[u] = Ld<LD>(ra + kk, ok);
-        wb[u] = Ld<LD>(rb + kk, ok);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t kk = (kb + u * KS) * 32;
-        const bool ok = kk + 8 * t < k;
-        const uint4 xv = ok && xok ? __ldg(reinterpret_cast<const uint4*>(xr + kk)) : make_uint4(0, 0, 0, 0);
-        Mma(acc, wa[u].x, wb[u].x, wa[u].y, wb[u].y, xv.x, xv.y);
-        Mma(acc, wa[u].z, wb[u].z, wa[u].w, wb[u].w, xv.z, xv.w);
-      }
-    }
-    for (; kb < blocks; kb += KS) {
-      const int64_t kk = kb * 32;
-      const bool ok = kk + 8 * t < k;
-      const uint4 wa = Ld<LD>(ra + kk, ok), wb = Ld<LD>(rb + kk, ok);
-      const uint4 xv = ok && xok ? __ldg(reinterpret_cast<const uint4*>(xr + kk)) : make_uint4(0, 0, 0, 0);
-      Mma(acc, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
-      Mma(acc, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
-    }
-  }
-  if (KS == 1) {
-    if (rows > 0) {
-      const int c = 2 * t;
-      if (c < m && g < rows) y[c * ldy + n0 + g] = acc[0];
-      if (c + 1 < m && g < rows) y[(c + 1) * ldy + n0 + g] = acc[1];
-      if (c < m && g + 8 < rows) y[c * ldy + n0 + g + 8] = acc[2];
-      if (c + 1 < m && g + 8 < rows) y[(c + 1) * ldy + n0 + g + 8] = acc[3];
-    }
-    return;
-  }
-  partial[warp][2 * t][g] = acc[0];
-  partial[warp][2 * t + 1][g] = acc[1];
-  partial[warp][2 * t][g + 8] = acc[2];
-  partial[warp][2 * t + 1][g + 8] = acc[3];
-  __syncthreads();
-  for (int i = tid; i < TPB * 8 * 16; i += WARPS * 32) {
-    const int tb = i / 128, col = i % 128 / 16, row = i % 16;
-    const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * TPB + tb) * 16;
-    if (col < m && r0 + row < n) {
-      float s = 0;
-      for (int q = 0; q < KS; ++q) s += partial[tb * KS + q][col][row];
-      y[col * ldy + r0 + row] = s;
-    }
-  }
-}
-
 
 __device__ __forceinline__ void PdlWait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void PdlGo() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
@@ -201,55 +126,6 @@ void LaunchPdl(void (*kernel)(KA...), dim3 grid, dim3 block, A... args) {
   cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-// The previous FMA kernel (R rows a block, 256 threads along k).
-__device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float& acc) {
-  const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 a = __bfloat1622float2(wp[i]);
-    acc = fmaf(a.x, x[2 * i], acc);
-    acc = fmaf(a.y, x[2 * i + 1], acc);
-  }
-}
-template <int R>
-__global__ void __launch_bounds__(256) OldGemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                                                int64_t n, int64_t k, float* __restrict__ y) {
-  __shared__ float partial[8][R];
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * R;
-  const int rows = static_cast<int>(n - n0 < R ? n - n0 : R);
-  const __nv_bfloat16* wr[R];
-  for (int r = 0; r < R; ++r) wr[r] = w + (n0 + (r < rows ? r : 0)) * k;
-  const int64_t pieces = k / 8;
-  for (int64_t q = tid; q < pieces; q += 256)
-    for (int r = 0; r < R; ++r) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + q * 8));
-  PdlWait();
-  PdlGo();
-  float acc[R] = {};
-  for (int64_t j = tid; j < pieces; j += 256) {
-    uint4 a[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) a[r] = __ldcs(reinterpret_cast<const uint4*>(wr[r] + j * 8));
-    float xf[8];
-    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + j * 8));
-    const auto* p = reinterpret_cast<const __nv_bfloat162*>(&xv);
-    for (int i = 0; i < 4; ++i) { float2 f = __bfloat1622float2(p[i]); xf[2*i] = f.x; xf[2*i+1] = f.y; }
-#pragma unroll
-    for (int r = 0; r < R; ++r) Dot8(a[r], xf, acc[r]);
-  }
-  for (int r = 0; r < R; ++r) {
-    float v = acc[r];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) partial[warp][r] = v;
-  }
-  __syncthreads();
-  if (tid < R && tid < rows) {
-    float s = 0;
-    for (int q = 0; q < 8; ++q) s += partial[q][tid];
-    y[n0 + tid] = s;
-  }
-}
-
 __global__ void CopyKernel(const uint4* __restrict__ a, uint4* __restrict__ b, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) b[i] = a[i];
 }
@@ -318,7 +194,6 @@ int main() {
       report(label, us - before, vi);
     };
     const int64_t tiles = (s.n + 15) / 16;
-    pair("old fma R4 (PF, PDL)", 0, [&](const __nv_bfloat16* w) { LaunchPdl(OldGemv<4>, (s.n + 3) / 4, 256, x, w, s.n, s.k, y); });
 #define V2(W, U, MODE, PIPE, VI, M) pair("tc2 W" #W " U" #U " mode" #MODE " pipe" #PIPE " m" #M, VI, [&](const __nv_bfloat16* w) { \
       LaunchPdl(TcGemv2<W, U, MODE, PIPE>, tiles, W * 32, x, ldx, M, w, s.n, s.k, y, s.n); })
     V2(8, 4, 0, false, 1, 1);
@@ -345,7 +220,7 @@ int main() {
     for (auto p : ws) cudaFree(p);
   }
   printf("\nsum over the six shapes (one layer's matrices + lm_head), us:\n");
-  const char* names[] = {"old PF", "W8U4 none", "W8U4 PF", "W8U4 RF", "W8U4 RF pipe", "W16U4 RF", "W16U4 RF pipe",
+  const char* names[] = {"-", "W8U4 none", "W8U4 PF", "W8U4 RF", "W8U4 RF pipe", "W16U4 RF", "W16U4 RF pipe",
                          "W16U2 RF pipe", "W8U8 RF", "W16U4 PF", "W8U4 RF pipe m8", "W16U4 RF pipe m8", "-", "-", "cublas m1 (no PDL)"};
   for (int i = 0; i < 15; ++i) printf("  %-12s %8.1f\n", names[i], tot_best[i]);
 }
