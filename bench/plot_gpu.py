@@ -41,7 +41,7 @@ def plot_decode(engine: dict, kernel: dict, path: str, baseline: dict = None, ba
     lines = [(rows, "graphs_off", "s-", "CUDA graphs off"),
              (rows, "cublas_only", "^:", "graphs on, cuBLAS for every GEMM"),
              (rows, "no_pdl", "v:", "graphs on, no programmatic launch"),
-             (rows, "default", "o-", "the default (graphs, GEMV at batch 1, PDL)")]
+             (rows, "default", "o-", "the default (graphs, GEMVs at batches 1-8, PDL)")]
     if baseline:
         lines.insert(0, (baseline["decode"], "default", "x--", baseline_label or "baseline, graphs on"))
     for src, cfg, style, label in lines:
