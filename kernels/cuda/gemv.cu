@@ -28,7 +28,7 @@
 // rows. Launched as programmatic dependents (pdl.cuh), both start their
 // weight stream before they wait for the kernel that writes x (weights are
 // written by no kernel of a step). Measured on an H100 against cuBLAS and
-// variants (bench/RESULTS.md, bench/gpu/gemv_variants.cu).
+// variants (bench/RESULTS.md).
 #include <cuda_bf16.h>
 
 #include <cstdint>
