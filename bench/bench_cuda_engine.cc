@@ -245,7 +245,8 @@ int main(int argc, char** argv) {
     const bool graphs = dr.graphs;
     std::vector<int> run_batches;
     for (int B : batches) {
-      if (dr.gemv || (!f32 && B <= gdnserve::kCudaDecodeGemvRows)) run_batches.push_back(B);  // cuBLAS only: the GEMV's batches
+      // cuBLAS only: the batches the default takes the GEMV for.
+      if (dr.gemv || (!f32 && B <= gdnserve::kCudaDecodeGemvRows)) run_batches.push_back(B);
     }
     if (run_batches.empty()) continue;
     backend.reset();
@@ -312,7 +313,8 @@ int main(int argc, char** argv) {
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
       const char* config = !graphs ? "graphs_off" : !dr.gemv ? "cublas_only" : !dr.pdl ? "no_pdl" : "default";
       report["decode"].push_back({{"batch", B}, {"config", config}, {"cuda_graphs", graphs},
-                                  {"gemv", dr.gemv && !f32 && B <= gdnserve::kCudaDecodeGemvRows}, {"programmatic_launch", dr.pdl},
+                                  {"gemv", dr.gemv && !f32 && B <= gdnserve::kCudaDecodeGemvRows},
+                                  {"programmatic_launch", dr.pdl},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

@@ -379,6 +379,7 @@ absl::Status CudaBackend::WriteSlot(int slot, absl::Span<const float> in) {
   return absl::OkStatus();
 }
 
+static_assert(kCudaDecodeGemvRows <= cuda::kGemvMaxRows, "the GEMV takes at most kGemvMaxRows rows");
 
 // c[m, n] (row stride ldc) = a[m, k] (row stride lda) . w[n, k]^T (+ c),
 // run by run: rows of prompt pieces (and all rows when batch_invariant)

@@ -153,8 +153,8 @@ cudaError_t Convert(const float* x, int64_t rows, int64_t cols, int64_t x_stride
 // ldy; w rows of k), bf16 x and w, float32 accumulation and y, for
 // 1 <= m <= kGemvMaxRows (one row on CUDA cores, 2-8 on tensor cores). For
 // 2 <= m <= 8 each output's sum runs in the same order whatever m is (m = 1
-// takes the other kernel). Needs k and ldx multiples of 8 and 16-byte aligned x and w
-// (GemvBf16Supported); cudaErrorInvalidValue otherwise.
+// takes the other kernel). Needs k and ldx multiples of 8 and 16-byte
+// aligned x and w (GemvBf16Supported); cudaErrorInvalidValue otherwise.
 inline constexpr int kGemvMaxRows = 8;
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
