@@ -111,11 +111,12 @@ void CpuBackend::Linear(bool logits_rows, const float* x, int64_t x_stride, int6
                   /*row_invariant=*/fixed);
       continue;
     }
-    // A short prompt (or batch-invariant decode) run: padded to kMinPromptRows rows, so sgemm takes the
-    // path it takes for a cold run's longer pieces (OpenBLAS treats very
-    // small products differently: with the 64-wide test models, 8 and 16
-    // rows gave other results than 350, 32 did not; 64 leaves a margin). The
-    // cost: a prompt piece of under 64 tokens computes 64 rows.
+    // A short prompt (or batch-invariant decode) run: padded to
+    // kMinPromptRows rows, so sgemm takes the path it takes for a cold run's
+    // longer pieces (OpenBLAS treats very small products differently: with
+    // the 64-wide test models, 8 and 16 rows gave other results than 350, 32
+    // did not; 64 leaves a margin). The cost: a run of under 64 rows computes
+    // 64 rows.
     pad_x_.assign(kMinPromptRows * n_in, 0.0f);
     pad_y_.assign(kMinPromptRows * n_out, 0.0f);
     for (int64_t i = 0; i < m; ++i) {

@@ -55,6 +55,26 @@ class Dev {
   size_t n_;
 };
 
+// bf16 on the host, with cuda_bf16.h's conversions: values rounded to bf16
+// (still float), their bit patterns, and bit patterns back to floats.
+void RoundBf16(std::vector<float>& v) {
+  for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
+}
+std::vector<uint16_t> Bf16Bits(const std::vector<float>& v) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
+    std::memcpy(&h[i], &b, 2);
+  }
+  return h;
+}
+float FromBf16Bits(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 class CudaKernelTest : public ::testing::Test {
  protected:
   void SetUp() override { rng_.seed(testing::TestSeed()); }
@@ -112,9 +132,6 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
                      bool use_list, std::mt19937_64& rng, bool aligned = false, int rows_per_warp = 0,
                      double tol = 1e-4, bool bf16_inputs = false, bool heavy_runs = false) {
   // bf16 inputs: every input rounded to bf16 first (the kernel and its twin see the same values).
-  auto RoundBf16 = [](std::vector<float>& v) {
-    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
-  };
   auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
     std::normal_distribution<float> d(mean, scale);
     std::vector<float> v(n);
@@ -389,16 +406,8 @@ TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {
 // bits whatever m is.
 TEST_F(CudaKernelTest, GemvMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  auto bf16 = [](const std::vector<float>& v) {
-    std::vector<uint16_t> h(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-      const __nv_bfloat16 b = __float2bfloat16_rn(v[i]);
-      std::memcpy(&h[i], &b, 2);
-    }
-    return h;
-  };
   auto round = [](std::vector<float> v) {
-    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
+    RoundBf16(v);
     return v;
   };
   struct Case {
@@ -409,7 +418,7 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
     const int rows = cuda::kGemvMaxRows;
     const std::vector<float> w = round(Normal(c.n * c.k)), x = round(Normal(rows * c.ldx));
     const std::vector<float> y0 = Normal(rows * (c.n + 3));
-    Dev<uint16_t> d_w(bf16(w)), d_x(bf16(x));
+    Dev<uint16_t> d_w(Bf16Bits(w)), d_x(Bf16Bits(x));
     std::vector<float> pair;  // row 0's outputs with m = 2
     for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
       for (const bool acc : {false, true}) {
@@ -481,16 +490,14 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
       for (int p = 0; p < P; ++p) {
         for (int64_t c = 0; c < cols; ++c) {
           const float v = x[p * x_stride + cvt0 + c];
-          float g;
           if (ct == cuda::DType::kF32) {
+            float g;
             std::memcpy(&g, &got[(p * cols + c) * 4], 4);
             ASSERT_EQ(g, v);
           } else {
             uint16_t h;
             std::memcpy(&h, &got[(p * cols + c) * 2], 2);
-            const uint32_t u = static_cast<uint32_t>(h) << 16;
-            std::memcpy(&g, &u, 4);
-            ASSERT_EQ(g, __bfloat162float(__float2bfloat16_rn(v)));
+            ASSERT_EQ(FromBf16Bits(h), __bfloat162float(__float2bfloat16_rn(v)));
           }
         }
       }
@@ -503,12 +510,7 @@ TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
   const int64_t T = 7;
   auto bf16_host = [](const Dev<uint16_t>& d) {
     std::vector<float> y;
-    for (uint16_t h : d.host()) {
-      const uint32_t u = static_cast<uint32_t>(h) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      y.push_back(f);
-    }
+    for (uint16_t h : d.host()) y.push_back(FromBf16Bits(h));
     return y;
   };
   // RmsNorm over selected rows, float32 and bf16 outputs; widths that take

@@ -2,6 +2,7 @@
 // the chunk size, gate activations and the shared-memory set-up of a launch.
 #pragma once
 
+#include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace gdnserve::cuda::chunk_common {
@@ -15,15 +16,9 @@ __device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1
 __device__ __forceinline__ float Sigmoid(float x) { return __frcp_rn(1.0f + __expf(-x)); }
 
 // The device's opt-in shared memory per block in bytes (0 without a usable
-// device; the error is cleared).
+// device).
 inline size_t OptinSharedBytes() {
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return static_cast<size_t>(optin);
+  return static_cast<size_t>(CurrentDeviceAttribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0));
 }
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory (above 48 KiB).

@@ -733,8 +733,7 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
   // The widest value tile that still gives every SM a block (the state tile
   // chain is the sequential part, so a long lone sequence splits finer) and
   // fits the device's shared memory (an A100 takes 16 and 32 columns only).
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
   const size_t optin = chunk_common::OptinSharedBytes();
   auto fits = [&](size_t floats) { return floats * sizeof(float) <= optin; };
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
@@ -218,20 +219,6 @@ __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __rest
   }
 }
 
-// Multiprocessors of the current device (asked once per device and thread;
-// 132 if unknown).
-int Multiprocessors() {
-  thread_local int cached_dev = -1, cached = 132;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return cached;
-  if (dev != cached_dev) {
-    int sms = 0;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0) cached = sms;
-    cached_dev = dev;
-  }
-  return cached;
-}
-
 }  // namespace
 
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w) {
@@ -251,7 +238,8 @@ cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const voi
   }
   const int64_t blocks = (n + kTile - 1) / kTile;
   if (blocks > 2147483647) return cudaErrorInvalidValue;
-  const bool pipe = blocks < 2 * static_cast<int64_t>(Multiprocessors());
+  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
+  const bool pipe = blocks < 2 * sms;
   return LaunchPdl(pipe ? TcKernel<true> : TcKernel<false>, static_cast<unsigned>(blocks), kThreads, 0, stream, xb,
                    ldx, static_cast<int>(m), wb, n, k, y, ldy, accumulate);
 }
