@@ -446,6 +446,123 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
   EXPECT_FALSE(cuda::GemvBf16Supported(1, 16, 16, d_a.get() + 1, d_a.get()));
 }
 
+// The GEMV with the op before it in its input reads (RMSNorm, SwiGLU, gated
+// RMSNorm) vs the CPU: that op in float32, rounded to bf16, then Linear.
+// Every row count 1-8, padded rows, k not a multiple of the 32-wide k block,
+// every head width it takes, with and without the gate bias; for 2-8 rows the
+// same bits for a row whatever m is. The norms' sums of squares add in
+// another order than the CPU's, so an input may land one bf16 step away.
+TEST_F(CudaKernelTest, GemvFusedInputsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const int rows = cuda::kGemvMaxRows;
+  const float eps = 1e-5f;
+  struct Case {
+    cuda::GemvInKind kind;
+    int64_t n, k, ldx;
+    int V;
+    bool bias;
+  };
+  const std::vector<Case> cases = {
+      {cuda::GemvInKind::kRmsNorm, 1001, 2304, 2308, 0, false},
+      {cuda::GemvInKind::kRmsNorm, 37, 264, 264, 0, false},
+      {cuda::GemvInKind::kRmsNorm, 300, 6200, 6200, 0, false},
+      {cuda::GemvInKind::kSiluMul, 2304, 6208, 2 * 6208, 0, false},
+      {cuda::GemvInKind::kSiluMul, 19, 264, 2 * 264 + 4, 0, false},
+      {cuda::GemvInKind::kGatedRmsNorm, 2304, 2048, 2048, 128, true},
+      {cuda::GemvInKind::kGatedRmsNorm, 70, 256, 260, 64, true},
+      {cuda::GemvInKind::kGatedRmsNorm, 33, 2048, 2048, 32, false},
+      {cuda::GemvInKind::kGatedRmsNorm, 50, 512, 512, 256, true},
+  };
+  for (const Case& c : cases) {
+    std::vector<float> w = Normal(c.n * c.k);
+    RoundBf16(w);
+    const bool gated = c.kind == cuda::GemvInKind::kGatedRmsNorm;
+    const std::vector<float> x = Normal(rows * c.ldx, 2.0f), norm_w = Normal(gated ? c.V : c.k);
+    const int64_t ldz = c.k + 12;
+    const std::vector<float> z = Normal(rows * ldz, 2.0f), zb = Normal(c.k);
+    // The inputs the GEMV multiplies, as the CPU computes them.
+    std::vector<float> xin(rows * c.k);
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = &x[r * c.ldx];
+      float* out = &xin[r * c.k];
+      if (c.kind == cuda::GemvInKind::kRmsNorm) {
+        cpu::RmsNorm(xr, norm_w.data(), 1, c.k, eps, out);
+      } else if (c.kind == cuda::GemvInKind::kSiluMul) {
+        std::vector<float> gu(xr, xr + 2 * c.k);
+        cpu::SiluMul(gu.data(), 1, c.k, out);
+      } else {
+        std::copy(xr, xr + c.k, out);
+        std::vector<float> zr(&z[r * ldz], &z[r * ldz] + c.k);
+        if (c.bias) {
+          for (int64_t i = 0; i < c.k; ++i) zr[i] += zb[i];
+        }
+        cpu::GatedRmsNorm(out, zr.data(), norm_w.data(), 1, c.k / c.V, c.V, eps);
+      }
+    }
+    RoundBf16(xin);
+    Dev<uint16_t> d_w(Bf16Bits(w));
+    Dev<float> d_x(x), d_nw(norm_w), d_z(z), d_zb(zb);
+    cuda::GemvIn in;
+    in.kind = c.kind;
+    in.x = d_x.get();
+    in.ldx = c.ldx;
+    in.eps = eps;
+    if (c.kind != cuda::GemvInKind::kSiluMul) in.weight = d_nw.get();
+    if (c.kind == cuda::GemvInKind::kGatedRmsNorm) {
+      in.z = d_z.get();
+      in.ldz = ldz;
+      in.z_bias = c.bias ? d_zb.get() : nullptr;
+      in.V = c.V;
+    }
+    const int64_t ldy = c.n + 3;
+    const std::vector<float> y0 = Normal(rows * ldy);
+    std::vector<float> pair;  // row 0's outputs with m = 2
+    for (int m = 1; m <= rows; ++m) {
+      for (const bool acc : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "kind=" << static_cast<int>(c.kind) << " n=" << c.n << " k=" << c.k
+                                          << " V=" << c.V << " m=" << m << " acc=" << acc);
+        ASSERT_TRUE(cuda::GemvSupported(in, m, c.k, d_w.get()));
+        Dev<float> d_y(y0);
+        ASSERT_EQ(cuda::Gemv(in, m, c.k, d_w.get(), c.n, d_y.get(), ldy, acc, nullptr), cudaSuccess);
+        std::vector<float> want = y0;
+        cpu::Linear(xin.data(), c.k, m, c.k, w.data(), c.n, nullptr, want.data(), ldy, acc, true);
+        const std::vector<float> got = d_y.host();
+        EXPECT_LE(RelErr(got, want), 1e-4);
+        if (!acc && m == 2) pair.assign(got.begin(), got.begin() + c.n);
+        if (!acc && m >= 2) {
+          EXPECT_EQ(0, std::memcmp(got.data(), pair.data(), c.n * 4)) << "row 0 differs from m = 2";
+        }
+      }
+    }
+  }
+  // Inputs it does not take: unaligned float32 rows, head widths, too many heads.
+  Dev<float> d_a(std::vector<float>(1 << 16));
+  cuda::GemvIn in;
+  in.kind = cuda::GemvInKind::kRmsNorm;
+  in.x = d_a.get();
+  in.ldx = 256;
+  in.weight = d_a.get();
+  EXPECT_TRUE(cuda::GemvSupported(in, 1, 256, d_a.get()));
+  in.ldx = 258;
+  EXPECT_FALSE(cuda::GemvSupported(in, 1, 256, d_a.get()));
+  in.ldx = 256;
+  in.weight = nullptr;
+  EXPECT_FALSE(cuda::GemvSupported(in, 1, 256, d_a.get()));
+  in.kind = cuda::GemvInKind::kSiluMul;
+  EXPECT_FALSE(cuda::GemvSupported(in, 1, 256, d_a.get())) << "x rows hold gate and up: 2k wide";
+  in.kind = cuda::GemvInKind::kGatedRmsNorm;
+  in.weight = d_a.get();
+  in.z = d_a.get();
+  in.ldz = 256;
+  in.V = 128;
+  EXPECT_TRUE(cuda::GemvSupported(in, 2, 256, d_a.get()));
+  in.V = 96;
+  EXPECT_FALSE(cuda::GemvSupported(in, 2, 192, d_a.get()));
+  in.V = 32;
+  in.ldx = in.ldz = 4096;
+  EXPECT_FALSE(cuda::GemvSupported(in, 2, 4096, d_a.get())) << "128 heads";
+}
+
 // The fused decode-step kernel (conv + SiLU, state shift, column conversion)
 // vs the same CPU twin, one token a piece, scattered slots, both output types.
 TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {

@@ -14,6 +14,7 @@
 // so the two dot products of a row are reduced together, before the update.
 #include <algorithm>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
@@ -23,7 +24,6 @@ namespace {
 constexpr int kWarps = 4;
 
 __device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <int N>
 __device__ __forceinline__ void WarpAllSum(float (&v)[N]) {

@@ -4,14 +4,13 @@
 #include <algorithm>
 #include <atomic>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
 namespace gdnserve::cuda {
 namespace {
 
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float Silu(float x) { return x * Sigmoid(x); }
 
 __device__ __forceinline__ void Store(void* out, DType t, int64_t i, float v) {
   if (t == DType::kF32) {
