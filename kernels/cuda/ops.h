@@ -160,35 +160,6 @@ bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const v
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                      int64_t ldy, bool accumulate, cudaStream_t stream);
 
-// The same GEMV with the op that would run just before it folded into its
-// reading of x (one launch instead of two in a decode step). Each x value is
-// what that op's kernel above would store in bf16: the same arithmetic in the
-// same order, rounded once (the norms' sums of squares may add in another
-// order, so a value can differ from that kernel's in its last bf16 bit).
-//   kBf16:         x is bf16 [m, k] (GemvBf16).
-//   kRmsNorm:      x is float32 [m, k]: RmsNorm(x, weight, eps).
-//   kSiluMul:      x is float32 [m, 2k] (gate | up): SiluMul.
-//   kGatedRmsNorm: x is float32 [m, k], k / V heads of V: GatedRmsNorm(x, z,
-//                  z_bias, weight [V], eps); V one of 32, 64, 128, 256 and
-//                  at most 64 heads.
-// Float32 inputs need 16-byte alignment and row strides that are multiples
-// of 4 (GemvSupported).
-enum class GemvInKind { kBf16, kRmsNorm, kSiluMul, kGatedRmsNorm };
-struct GemvIn {
-  GemvInKind kind = GemvInKind::kBf16;
-  const void* x = nullptr;
-  int64_t ldx = 0;                 // elements
-  const float* weight = nullptr;   // the norm's weight
-  float eps = 0.0f;
-  const float* z = nullptr;        // kGatedRmsNorm: the gate rows, stride ldz
-  int64_t ldz = 0;
-  const float* z_bias = nullptr;   // may be null
-  int V = 0;                       // kGatedRmsNorm: head width
-};
-bool GemvSupported(const GemvIn& in, int64_t m, int64_t k, const void* w);
-cudaError_t Gemv(const GemvIn& in, int64_t m, int64_t k, const void* w, int64_t n, float* y, int64_t ldy,
-                 bool accumulate, cudaStream_t stream);
-
 // Kernels of this library launch with programmatic dependent launch
 // (pdl.cuh: each may start while the one before it finishes) on Hopper and
 // later devices unless this is off. Process-wide; on by default; the device
