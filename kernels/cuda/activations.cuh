@@ -1,6 +1,5 @@
-// The activations of ops.cu's element-wise kernels, shared with the kernels
-// that fold those ops into their own loads (gemv.cu) so that both compute the
-// same floats.
+// The sigmoid and SiLU of ops.cu's element-wise kernels and of the decode
+// recurrence (gdn2_recurrent.cu): one definition, the same floats in both.
 #pragma once
 
 namespace gdnserve::cuda {
