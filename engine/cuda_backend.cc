@@ -830,11 +830,6 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   // The kernels just before (this layer's projections) never write the state.
   g.early_state_read = true;
   // Each kernel takes its list, or the whole batch when the other has none.
-  // A pure decode step's recurrence applies the gated norm itself where it
-  // can (options_.fuse_decode_norm): the norm's own launch is skipped. Not
-  // with prompt rows in the step (theirs must be the bits any batch gives,
-  // the norm kernel's) nor with batch_invariant (a decode row's then too).
-  bool normed = false;
   if (split_.num_rec > 0) {
     cuda::Gdn2RecurrentArgs r = g;
     if (split_.num_chunk > 0) {
@@ -842,21 +837,6 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       r.num_listed = split_.num_rec;
     }
     r.max_len = split_.rec_max_len;
-    const bool pure_decode = runs_.size() == 1 && !runs_[0].prompt;
-    if (pure_decode && split_.num_chunk == 0 && options_.fuse_decode_norm && !options_.batch_invariant) {
-      cuda::Gdn2RecurrentArgs n = r;
-      n.norm_out = oa_.get();
-      n.norm_out_type = at;
-      n.norm_z = fz_.f() + key_dim;
-      n.norm_z_stride = FZ;
-      n.norm_z_bias = lw.g_bias.f();
-      n.norm_weight = lw.o_norm.f();
-      n.norm_eps = cfg_.norm_eps;
-      if (cuda::Gdn2RecurrentGatedNormSupported(n)) {
-        r = n;
-        normed = true;
-      }
-    }
     GDN_CUDA_RETURN(cuda::Gdn2Recurrent(r, stream_));
   }
   if (split_.num_chunk > 0) {
@@ -874,10 +854,8 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
       GDN_CUDA_RETURN(cuda::Gdn2Chunked(c, stream_));
     }
   }
-  if (!normed) {
-    GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), fz_.f() + key_dim, FZ, lw.g_bias.f(), lw.o_norm.f(), T,
-                                       cfg_.num_v_heads, cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));
-  }
+  GDN_CUDA_RETURN(cuda::GatedRmsNorm(o_.f(), fz_.f() + key_dim, FZ, lw.g_bias.f(), lw.o_norm.f(), T, cfg_.num_v_heads,
+                                     cfg_.head_v_dim, cfg_.norm_eps, oa_.get(), at, stream_));
   if (absl::Status s = Gemm(oa_.get(), value_dim, T, value_dim, lw.o_proj, d, x_.f(), d, true); !s.ok()) return s;
 
   // MLP.

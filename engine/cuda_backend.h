@@ -35,10 +35,6 @@ struct CudaBackendOptions {
   // Decode steps of up to kCudaDecodeGemvRows rows through kernels/cuda/gemv.cu
   // instead of cuBLAS (bf16 weights; not with batch_invariant).
   bool decode_gemv = true;
-  // Pure decode steps (not with batch_invariant): the recurrence kernel
-  // applies the gated RMSNorm to its outputs (a thread-block cluster a value
-  // head, sm_90+) instead of a separate norm kernel.
-  bool fuse_decode_norm = true;
   // Kernels launch as programmatic dependents (Hopper+): each may start while
   // the one before it finishes (kernels/cuda/pdl.cuh). Process-wide setting.
   bool programmatic_launch = true;

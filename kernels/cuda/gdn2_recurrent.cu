@@ -12,13 +12,9 @@
 //   s <- s * exp(g);  u = s.e;  p = s.q^;  d = w*v - u;  s <- s + k^ d;
 //   o = s_new.q^ = p + d (k^.q^)
 // so the two dot products of a row are reduced together, before the update.
-#include <cooperative_groups.h>
-#include <cuda_bf16.h>
-
 #include <algorithm>
 
 #include "kernels/cuda/activations.cuh"
-#include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
@@ -79,62 +75,12 @@ __device__ __forceinline__ void LoadToken(const Gdn2RecurrentArgs& a, int64_t t,
   }
 }
 
-// The decode output of the rows [v0, v0 + kRows) of value head hv through
-// the gated RMSNorm into a.norm_out. The head's V rows are this block's and
-// the other blocks' of its cluster (blockIdx.x = rank, every row present):
-// each block's sum of squares is read by all of them through distributed
-// shared memory and added in rank order.
-template <int kRows>
-__device__ void GatedNormOut(const Gdn2RecurrentArgs& a, int64_t t, int hv, int v0, int warp, int lane,
-                             const float (&outs)[kRows]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  __shared__ float warp_sq[kWarps];
-  __shared__ float block_sq;
-  float ss = 0.0f, mine = 0.0f;
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    ss += outs[r] * outs[r];
-    if (lane == r) mine = outs[r];
-  }
-  if (lane == 0) warp_sq[warp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float b = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) b += warp_sq[w];
-    block_sq = b;
-  }
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();
-  float total = 0.0f;
-  for (unsigned i = 0; i < cluster.num_blocks(); ++i) total += *cluster.map_shared_rank(&block_sq, i);
-  cluster.sync();  // no block leaves while another may still read its sum
-  if (lane < kRows) {
-    const int V = a.V;
-    const float inv = 1.0f / sqrtf(total / static_cast<float>(V) + a.norm_eps);
-    const int64_t col = static_cast<int64_t>(hv) * V + v0 + lane;
-    const float z = a.norm_z[t * a.norm_z_stride + col] + (a.norm_z_bias ? a.norm_z_bias[col] : 0.0f);
-    const float y = mine * inv * a.norm_weight[v0 + lane] * Silu(z);
-    const int64_t at = t * a.HV * V + col;
-    if (a.norm_out_type == DType::kF32) {
-      static_cast<float*>(a.norm_out)[at] = y;
-    } else {
-      static_cast<__nv_bfloat16*>(a.norm_out)[at] = __float2bfloat16_rn(y);
-    }
-  }
-#endif
-}
-
 // KPL: state registers per lane per row (K <= 32 * KPL); kRows: rows per
 // warp; VEC: K == 32 * KPL and 16-byte aligned rows (vector state access).
 // The next token's inputs are loaded while the current one is computed.
 // kDecode: every piece is one token (a decode batch): no second input buffer.
-// kNorm (decode, sm_90+): the gated RMSNorm on the way out (GatedNormOut),
-// launched as clusters of a head's blocks.
-template <int KPL, int kRows, bool VEC, int kMinBlocks, bool kDecode, bool kNorm = false>
+template <int KPL, int kRows, bool VEC, int kMinBlocks, bool kDecode>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(Gdn2RecurrentArgs a) {
-  static_assert(kDecode || !kNorm, "the fused norm is for decode launches");
   // Programmatic dependent launch (pdl.cuh): the piece table (copied before
   // the step) and the gate parameters are read before the wait, the state too
   // when the caller says no kernel in flight writes it (early_state_read);
@@ -193,7 +139,6 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
   if constexpr (kPrefetch) {
     if (t0 < t1) LoadToken<KPL, kRows, VEC>(a, t0, hk, hv, v0, lane, ch_ok, row_ok, next);
   }
-  float outs[kRows];  // the last token's outputs of the warp's rows (every lane)
   for (int64_t t = t0; t < t1; ++t) {
     TokenInputs<KPL, kRows> cur;
     if constexpr (kPrefetch) {
@@ -243,8 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
       const float d = Sigmoid(cur.w[r]) * cur.v[r] - dots[2 * r];
 #pragma unroll
       for (int i = 0; i < KPL; ++i) s[r][i] += k[i] * d;
-      outs[r] = dots[2 * r + 1] + d * kq;
-      if (!kNorm && lane == r && row_ok[r]) a.out[t * a.out_stride + hv * V + v0 + r] = outs[r];
+      if (lane == r && row_ok[r]) a.out[t * a.out_stride + hv * V + v0 + r] = dots[2 * r + 1] + d * kq;
     }
   }
 
@@ -266,32 +210,6 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) Gdn2RecurrentKernel(G
       }
     }
   }
-  if constexpr (kNorm) GatedNormOut<kRows>(a, t0, hv, v0, warp, lane, outs);  // decode: the one token t0
-}
-
-// The fused-norm decode kernel: clusters of grid.x blocks (a value head's),
-// as a programmatic dependent like every launch here.
-cudaError_t LaunchNormClusters(void (*kernel)(Gdn2RecurrentArgs), dim3 grid, cudaStream_t stream,
-                               const Gdn2RecurrentArgs& a) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = grid.x;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = ProgrammaticLaunchOn() ? 2 : 1;
-  return cudaLaunchKernelEx(&cfg, kernel, a);
-}
-
-// State rows a warp of a decode launch (rows_per_warp, 0 = the measured pick).
-int DecodeRows(const Gdn2RecurrentArgs& a) {
-  return a.rows_per_warp == 2 ? 2 : a.rows_per_warp == 0 || a.rows_per_warp == 4 ? 4 : 8;
 }
 
 template <int KPL, int kRows, int kMinBlocks = 4, bool kDecode = false>
@@ -303,12 +221,6 @@ cudaError_t LaunchRows(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   const bool vec = KPL >= 2 && a.K == 32 * KPL && a.state.slot_stride % align == 0 &&
                    a.state.recurrent_offset % align == 0 &&
                    reinterpret_cast<uintptr_t>(a.state.base) % (align * sizeof(float)) == 0;
-  if constexpr (kDecode) {
-    if (a.norm_out != nullptr) {  // a cluster a head (Gdn2RecurrentGatedNormSupported)
-      return vec ? LaunchNormClusters(Gdn2RecurrentKernel<KPL, kRows, true, kMinBlocks, true, true>, grid, stream, a)
-                 : LaunchNormClusters(Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks, true, true>, grid, stream, a);
-    }
-  }
   if (vec)
     return LaunchPdl(Gdn2RecurrentKernel<KPL, kRows, true, kMinBlocks, kDecode>, grid, kWarps * 32, 0, stream, a);
   return LaunchPdl(Gdn2RecurrentKernel<KPL, kRows, false, kMinBlocks, kDecode>, grid, kWarps * 32, 0, stream, a);
@@ -326,7 +238,8 @@ template <int KPL>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if constexpr (KPL <= 4) {
     if (a.max_len == 1) {
-      switch (DecodeRows(a)) {
+      const int rows = a.rows_per_warp != 0 ? a.rows_per_warp : 4;
+      switch (rows) {
         case 2: return LaunchRows<KPL, 2, 8, true>(a, stream);
         case 4: return LaunchRows<KPL, 4, 8, true>(a, stream);
         default: return LaunchRows<KPL, 8, 5, true>(a, stream);
@@ -347,22 +260,11 @@ cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || blocks_z > 65535 || a.HV > 65535) {
     return cudaErrorInvalidValue;
   }
-  if (a.norm_out != nullptr && !Gdn2RecurrentGatedNormSupported(a)) return cudaErrorInvalidValue;
   if (a.K <= 32) return Launch<1>(a, stream);
   if (a.K <= 64) return Launch<2>(a, stream);
   if (a.K <= 128) return Launch<4>(a, stream);
   if (a.K <= 256) return Launch<8>(a, stream);
   return cudaErrorInvalidValue;
-}
-
-bool Gdn2RecurrentGatedNormSupported(const Gdn2RecurrentArgs& a) {
-  if (a.max_len != 1 || a.K < 1 || a.K > 128 || a.V <= 0 || a.H <= 0 || a.HV % a.H != 0 || a.norm_out == nullptr ||
-      a.norm_z == nullptr || a.norm_weight == nullptr) {
-    return false;
-  }
-  if (CurrentDeviceAttribute<cudaDevAttrComputeCapabilityMajor>(0) < 9) return false;
-  const int rows = DecodeRows(a) * kWarps;  // a block's
-  return a.V % rows == 0 && a.V / rows <= 8;
 }
 
 }  // namespace gdnserve::cuda

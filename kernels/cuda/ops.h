@@ -102,19 +102,6 @@ struct Gdn2RecurrentArgs {
   int value_tile = 0;
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
   int64_t out_stride = 0;
-  // Decode launches only: the output through the gated RMSNorm (GatedRmsNorm's
-  // arithmetic: per value head o / sqrt(mean(o^2) + eps) * norm_weight *
-  // silu(z + z_bias)) into norm_out ([T, HV*V] of norm_out_type) instead of
-  // `out`, when norm_out is set (Gdn2RecurrentGatedNormSupported must hold).
-  // The blocks of a head share their sums of squares as a thread-block
-  // cluster; the sums add in another order than GatedRmsNorm's.
-  void* norm_out = nullptr;
-  DType norm_out_type = DType::kF32;
-  const float* norm_z = nullptr;  // rows of HV*V, stride norm_z_stride
-  int64_t norm_z_stride = 0;
-  const float* norm_z_bias = nullptr;  // [HV*V] or null
-  const float* norm_weight = nullptr;  // [V]
-  float norm_eps = 0.0f;
   // Gdn2Recurrent as a programmatic dependent (pdl.cuh): true lets it read the
   // slots' state before waiting for the kernel launched just before it. Only
   // when that kernel (and anything still in flight) cannot write this layer's
@@ -124,10 +111,6 @@ struct Gdn2RecurrentArgs {
 };
 // Token by token: best for decode and short pieces. K <= 256; any V.
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& args, cudaStream_t stream);
-// Whether Gdn2Recurrent takes args' norm_out: a decode launch (max_len 1) on
-// a device with thread-block clusters (compute capability 9+), K <= 128, and
-// V a multiple of the launch's rows a block, at most 8 blocks a head.
-bool Gdn2RecurrentGatedNormSupported(const Gdn2RecurrentArgs& args);
 
 // The same result a chunk of 64 tokens at a time (DESIGN.md 1.3), float32
 // throughout: for prefill pieces. K <= 128; any V. Needs up to ~211 KiB of
