@@ -791,17 +791,32 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.attn_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
   if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
   float* proj = proj_out_.f();
+  const int64_t FZ = key_dim + value_dim;
+  // A pure decode step whose up projection takes the GEMV: the conv prep and
+  // that GEMV (on the float32 [f0 | g0] columns) in one launch.
+  const bool gemv_step = options_.decode_gemv && !options_.batch_invariant && wtype_ == DType::kBF16 &&
+                         runs_.size() == 1 && !runs_[0].prompt && T <= kCudaDecodeGemvRows;
+  bool up_done = false;
   if (T == pieces.num_pieces && cfg_.conv_size <= cuda::kDecodeMaxConvWidth) {  // a decode step: one launch
-    GDN_CUDA_RETURN(cuda::DecodeMixerPrep(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C,
-                                          proj_.f0 - proj_.q, 2 * V, fga_.get(), at, stream_));
+    if (gemv_step && options_.fuse_decode_prep &&
+        cuda::DecodeMixerPrepGemvSupported(T, 2 * V, P, proj + proj_.f0, lw.fg_up.get())) {
+      GDN_CUDA_RETURN(cuda::DecodeMixerPrepGemv(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st,
+                                                qkv_.f(), C, proj_.f0 - proj_.q, 2 * V, lw.fg_up.get(), FZ, fz_.f(),
+                                                FZ, stream_));
+      up_done = true;
+    } else {
+      GDN_CUDA_RETURN(cuda::DecodeMixerPrep(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(),
+                                            C, proj_.f0 - proj_.q, 2 * V, fga_.get(), at, stream_));
+    }
   } else {
     GDN_CUDA_RETURN(
         cuda::ConvSilu(proj + proj_.q, P, lw.conv.f(), C, cfg_.conv_size, pieces, st, qkv_.f(), C, stream_));
     GDN_CUDA_RETURN(cuda::ConvStateUpdate(proj + proj_.q, P, C, cfg_.conv_size, pieces, st, stream_));
     GDN_CUDA_RETURN(cuda::Convert(proj + proj_.f0, T, 2 * V, P, fga_.get(), at, 2 * V, stream_));
   }
-  const int64_t FZ = key_dim + value_dim;
-  if (absl::Status s = Gemm(fga_.get(), 2 * V, T, 2 * V, lw.fg_up, FZ, fz_.f(), FZ, false); !s.ok()) return s;
+  if (!up_done) {
+    if (absl::Status s = Gemm(fga_.get(), 2 * V, T, 2 * V, lw.fg_up, FZ, fz_.f(), FZ, false); !s.ok()) return s;
+  }
 
   cuda::Gdn2RecurrentArgs g;
   g.q = qkv_.f();

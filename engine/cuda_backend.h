@@ -35,6 +35,9 @@ struct CudaBackendOptions {
   // Decode steps of up to kCudaDecodeGemvRows rows through kernels/cuda/gemv.cu
   // instead of cuBLAS (bf16 weights; not with batch_invariant).
   bool decode_gemv = true;
+  // With decode_gemv: a decode step's conv prep and low-rank up projection
+  // run as one launch (cuda::DecodeMixerPrepGemv) instead of two.
+  bool fuse_decode_prep = true;
   // Kernels launch as programmatic dependents (Hopper+): each may start while
   // the one before it finishes (kernels/cuda/pdl.cuh). Process-wide setting.
   bool programmatic_launch = true;

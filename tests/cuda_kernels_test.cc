@@ -505,6 +505,51 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
   }
 }
 
+// The conv prep and a GEMV on other columns of the same rows in one launch
+// vs the two apart (DecodeMixerPrep, then GemvBf16 on the columns converted
+// to bf16): the same bits, every row count 1-8 (both GEMV kernels), conv
+// widths 1 and 4, GEMV widths not a multiple of either kernel's tile.
+TEST_F(CudaKernelTest, DecodeMixerPrepGemvMatchesApart) {
+  SKIP_WITHOUT_GPU();
+  for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
+    for (const int W : {1, 4}) {
+      const int num_slots = m + 3;
+      std::vector<int> slots(num_slots);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng_);
+      slots.resize(m);
+      Batch b(std::vector<int>(m, 1), slots);
+      const int64_t C = 300, k = 256, gemv_col = 304, x_stride = gemv_col + k + 12, n = 4096 + 5;
+      std::vector<float> x = Normal(m * x_stride), cw = Normal(C * W, 0.5f), w = Normal(n * k);
+      RoundBf16(w);
+      const int64_t slot_stride = 40 + std::max(W - 1, 1) * C, conv_offset = 40;
+      const std::vector<float> pool = Normal(num_slots * slot_stride);
+      Dev<float> d_x(x), d_cw(cw), d_pool(pool), d_out(m * C), d_y(m * n);
+      Dev<float> d_pool2(pool), d_out2(m * C), d_y2(m * n);
+      Dev<uint16_t> d_w(Bf16Bits(w)), d_cvt(m * k);
+      DevBatch db(b);
+      SCOPED_TRACE(::testing::Message() << "m=" << m << " W=" << W);
+      ASSERT_TRUE(cuda::DecodeMixerPrepGemvSupported(m, k, x_stride, d_x.get() + gemv_col, d_w.get()));
+      ASSERT_EQ(cuda::DecodeMixerPrepGemv(d_x.get(), x_stride, d_cw.get(), C, W, db.pieces,
+                                          {d_pool.get(), slot_stride, 0, conv_offset}, d_out.get(), C, gemv_col, k,
+                                          d_w.get(), n, d_y.get(), n, nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cuda::DecodeMixerPrep(d_x.get(), x_stride, d_cw.get(), C, W, db.pieces,
+                                      {d_pool2.get(), slot_stride, 0, conv_offset}, d_out2.get(), C, gemv_col, k,
+                                      d_cvt.get(), cuda::DType::kBF16, nullptr),
+                cudaSuccess);
+      ASSERT_EQ(cuda::GemvBf16(d_cvt.get(), k, m, k, d_w.get(), n, d_y2.get(), n, false, nullptr), cudaSuccess);
+      EXPECT_EQ(d_out.host(), d_out2.host());
+      EXPECT_EQ(d_pool.host(), d_pool2.host());
+      EXPECT_EQ(d_y.host(), d_y2.host());
+    }
+  }
+  Dev<float> d_a(std::vector<float>(64));
+  EXPECT_FALSE(cuda::DecodeMixerPrepGemvSupported(cuda::kGemvMaxRows + 1, 16, 16, d_a.get(), d_a.get()));
+  EXPECT_FALSE(cuda::DecodeMixerPrepGemvSupported(1, 16, 18, d_a.get(), d_a.get()));
+  EXPECT_FALSE(cuda::DecodeMixerPrepGemvSupported(1, 16, 16, d_a.get() + 2, d_a.get()));
+}
+
 TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const int64_t T = 7;

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/decode_prep.cuh"
 #include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
@@ -67,6 +68,18 @@ __device__ __forceinline__ void MmaBlock(float (&d)[4], const uint4& wa, const u
   Mma(d, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
 }
 
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// x[0, 8) as bf16 (16-byte aligned); float32 inputs rounded as Convert does.
+__device__ __forceinline__ uint4 LoadX8(const __nv_bfloat16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint4 LoadX8(const float* p) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p + 4));
+  return make_uint4(PackBf16(a.x, a.y), PackBf16(a.z, a.w), PackBf16(b.x, b.y), PackBf16(b.z, b.w));
+}
+
 __device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float& acc) {
   const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
 #pragma unroll
@@ -77,14 +90,15 @@ __device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float&
   }
 }
 
-// y[n0 .. n0 + kRowTile) for one x row.
+// y[n0 .. n0 + kRowTile) for one x row (bf16, or float32 rounded to bf16);
+// the block's tile is `tile`.
 constexpr int kRowTile = 4;
-__global__ void __launch_bounds__(kThreads) RowKernel(const __nv_bfloat16* __restrict__ x,
-                                                      const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                      float* __restrict__ y, bool accumulate) {
+template <typename XT>
+__device__ __forceinline__ void RowTile(const XT* __restrict__ x, const __nv_bfloat16* __restrict__ w, int64_t n,
+                                        int64_t k, float* __restrict__ y, bool accumulate, int64_t tile) {
   __shared__ float partial[kWarps][kRowTile];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowTile;
+  const int64_t n0 = tile * kRowTile;
   const int rows = static_cast<int>(n - n0 < kRowTile ? n - n0 : kRowTile);
   const __nv_bfloat16* wr[kRowTile];
 #pragma unroll
@@ -98,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) RowKernel(const __nv_bfloat16* __res
   PdlLaunchDependents();
   float acc[kRowTile] = {};
   auto step = [&](const uint4 (&wv)[kRowTile], int64_t j) {
-    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + j * 8));
+    const uint4 xv = LoadX8(x + j * 8);
     const auto* p = reinterpret_cast<const __nv_bfloat162*>(&xv);
     float xf[8];
 #pragma unroll
@@ -155,14 +169,14 @@ __device__ __forceinline__ uint4 LoadWeights(const __nv_bfloat16* p, bool ok) {
 }
 
 // 2 <= m <= 8; kPipe: the next batch's loads before the current batch's
-// products.
-template <bool kPipe>
-__global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int m,
-                                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                       float* __restrict__ y, int64_t ldy, bool accumulate) {
+// products. x bf16, or float32 rounded to bf16; the block's tile is `tile`.
+template <bool kPipe, typename XT>
+__device__ __forceinline__ void TcTile(const XT* __restrict__ x, int64_t ldx, int m,
+                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
+                                       float* __restrict__ y, int64_t ldy, bool accumulate, int64_t tile) {
   __shared__ float partial[kWarps][8][kTile];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane >> 2, t = lane & 3;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t n0 = tile * kTile;
   const int rows = static_cast<int>(n - n0 < kTile ? n - n0 : kTile);
   // Rows past n re-read the tile's last row (their outputs are dropped).
   const __nv_bfloat16* ra = w + (n0 + (g < rows ? g : rows - 1)) * k + 8 * t;
@@ -185,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __rest
   PdlLaunchDependents();
   // x rows past m are zeros.
   const bool xok = g < m;
-  const __nv_bfloat16* xr = x + (xok ? g : 0) * ldx + 8 * t;
+  const XT* xr = x + (xok ? g : 0) * ldx + 8 * t;
   float acc[4] = {};
   for (int64_t i0 = 0; i0 < mine; i0 += kUnroll) {
     uint4 ca[kUnroll], cb[kUnroll];
@@ -196,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __rest
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t i = i0 + u, kk = (warp + i * kWarps) * 32;
       const bool ok = i < mine && kk + 8 * t < k;
-      const uint4 xv = ok && xok ? __ldg(reinterpret_cast<const uint4*>(xr + kk)) : make_uint4(0, 0, 0, 0);
+      const uint4 xv = ok && xok ? LoadX8(xr + kk) : make_uint4(0, 0, 0, 0);
       MmaBlock(acc, ca[u], cb[u], xv);
     }
     if (!kPipe && i0 + kUnroll < mine) load(i0 + kUnroll);
@@ -219,7 +233,74 @@ __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __rest
   }
 }
 
+__global__ void __launch_bounds__(kThreads) RowKernel(const __nv_bfloat16* __restrict__ x,
+                                                      const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
+                                                      float* __restrict__ y, bool accumulate) {
+  RowTile(x, w, n, k, y, accumulate, blockIdx.x);
+}
+
+template <bool kPipe>
+__global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int m,
+                                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
+                                                       float* __restrict__ y, int64_t ldy, bool accumulate) {
+  TcTile<kPipe>(x, ldx, m, w, n, k, y, ldy, accumulate, blockIdx.x);
+}
+
+// DecodeMixerPrepGemv: blocks [0, gemv_blocks) the GEMV's tiles (first, so
+// that its weight stream starts first), the rest the mixer prep's elements.
+// kTc: m >= 2 (TcTile, kPipe), else RowTile.
+template <bool kTc, bool kPipe>
+__global__ void __launch_bounds__(kThreads) PrepGemvKernel(MixerPrepArgs p, const float* __restrict__ x,
+                                                             int64_t ldx, int m, const __nv_bfloat16* __restrict__ w,
+                                                             int64_t n, int64_t k, float* __restrict__ y, int64_t ldy,
+                                                             unsigned gemv_blocks) {
+  if (blockIdx.x < gemv_blocks) {
+    if constexpr (kTc) {
+      TcTile<kPipe>(x, ldx, m, w, n, k, y, ldy, false, blockIdx.x);
+    } else {
+      RowTile(x, w, n, k, y, false, blockIdx.x);
+    }
+    return;
+  }
+  PdlWait();
+  PdlLaunchDependents();
+  const int64_t total = static_cast<int64_t>(p.pieces.num_pieces) * (p.C + p.cvt_cols);
+  const int64_t i = static_cast<int64_t>(blockIdx.x - gemv_blocks) * kThreads + threadIdx.x;
+  if (i < total) MixerPrepElement(p, i);
+}
+
 }  // namespace
+
+bool DecodeMixerPrepGemvSupported(int64_t m, int64_t k, int64_t ldx, const float* x, const void* w) {
+  return m >= 1 && m <= kGemvMaxRows && k >= 8 && k % 8 == 0 && ldx % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+cudaError_t DecodeMixerPrepGemv(const float* x, int64_t x_stride, const float* conv_w, int64_t C, int W,
+                                const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
+                                int64_t gemv_col, int64_t k, const void* w, int64_t n, float* y, int64_t ldy,
+                                cudaStream_t stream) {
+  const int64_t m = pieces.num_pieces;
+  const float* gx = x + gemv_col;
+  if (pieces.num_tokens != m || W < 1 || W - 1 > kDecodeMaxConv || n <= 0 ||
+      !DecodeMixerPrepGemvSupported(m, k, x_stride, gx, w)) {
+    return cudaErrorInvalidValue;
+  }
+  const MixerPrepArgs p = {x, x_stride, conv_w, C, W, pieces, state, out, out_stride, 0, 0, nullptr, DType::kF32};
+  const int64_t prep_blocks = (m * C + kThreads - 1) / kThreads;
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  const int64_t tile = m == 1 ? kRowTile : kTile;
+  const int64_t gemv_blocks = (n + tile - 1) / tile;
+  if (gemv_blocks + prep_blocks > 2147483647) return cudaErrorInvalidValue;
+  const unsigned blocks = static_cast<unsigned>(gemv_blocks + prep_blocks), gb = static_cast<unsigned>(gemv_blocks);
+  if (m == 1) {
+    return LaunchPdl(PrepGemvKernel<false, false>, blocks, kThreads, 0, stream, p, gx, x_stride, 1, wb, n, k, y,
+                     ldy, gb);
+  }
+  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
+  return LaunchPdl(gemv_blocks < 2 * sms ? PrepGemvKernel<true, true> : PrepGemvKernel<true, false>, blocks,
+                   kThreads, 0, stream, p, gx, x_stride, static_cast<int>(m), wb, n, k, y, ldy, gb);
+}
 
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w) {
   return m >= 1 && m <= kGemvMaxRows && k >= 8 && k % 8 == 0 && ldx % 8 == 0 &&

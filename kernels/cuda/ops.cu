@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "kernels/cuda/activations.cuh"
+#include "kernels/cuda/decode_prep.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
@@ -131,42 +132,14 @@ __global__ void ConvStateUpdateKernel(const float* x, int64_t x_stride, int64_t 
   }
 }
 
-constexpr int kDecodeMaxConv = kDecodeMaxConvWidth - 1;  // conv state rows the decode kernel holds in registers
-
-// One thread per (piece, column): conv columns first (read the piece's state
-// rows, write the output, shift the state: the thread owns those entries),
-// then the columns to convert.
-__global__ void DecodeMixerPrepKernel(const float* x, int64_t x_stride, const float* w, int64_t C, int W,
-                                      DevicePieces pieces, LayerStateRef st, float* out, int64_t out_stride,
-                                      int64_t cvt0, int64_t cvt_cols, void* cvt, DType ct) {
+// One thread per (piece, column): decode_prep.cuh.
+__global__ void DecodeMixerPrepKernel(MixerPrepArgs a) {
   PdlWait();
   PdlLaunchDependents();
-  const int64_t cols = C + cvt_cols, n = static_cast<int64_t>(pieces.num_pieces) * cols;
+  const int64_t n = static_cast<int64_t>(a.pieces.num_pieces) * (a.C + a.cvt_cols);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = i / cols, c = i % cols;  // token t is piece t
-    if (c >= C) {
-      Store(cvt, ct, t * cvt_cols + c - C, x[t * x_stride + cvt0 + c - C]);
-      continue;
-    }
-    float* conv = st.base + pieces.slot[t] * st.slot_stride + st.conv_offset + c;
-    // Every load first (one round trip), taps summed oldest first as
-    // ConvSilu does (bit-identical results), then the shifted state stored.
-    const float xv = x[t * x_stride + c];
-    float hist[kDecodeMaxConv];
-#pragma unroll
-    for (int j = 0; j < kDecodeMaxConv; ++j) hist[j] = j < W - 1 ? conv[j * C] : 0.0f;
-    float acc = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kDecodeMaxConv; ++j) {
-      if (j < W - 1) acc += w[c * W + j] * hist[j];
-    }
-    acc += w[c * W + W - 1] * xv;
-#pragma unroll
-    for (int j = 0; j < kDecodeMaxConv; ++j) {
-      if (j < W - 1) conv[j * C] = j + 1 < W - 1 ? hist[j + 1] : xv;
-    }
-    out[t * out_stride + c] = Silu(acc);
+    MixerPrepElement(a, i);
   }
 }
 
@@ -317,8 +290,8 @@ cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, in
   const int64_t n = static_cast<int64_t>(pieces.num_pieces) * (C + cvt_cols);
   if (n == 0) return cudaSuccess;
   if (pieces.num_tokens != pieces.num_pieces || W < 1 || W - 1 > kDecodeMaxConv) return cudaErrorInvalidValue;
-  return LaunchPdl(DecodeMixerPrepKernel, Blocks(n, 256), 256, 0, stream, x, x_stride, w, C, W, pieces, state, out,
-                   out_stride, cvt0, cvt_cols, cvt, cvt_type);
+  const MixerPrepArgs a = {x, x_stride, w, C, W, pieces, state, out, out_stride, cvt0, cvt_cols, cvt, cvt_type};
+  return LaunchPdl(DecodeMixerPrepKernel, Blocks(n, 256), 256, 0, stream, a);
 }
 
 cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const float* z_bias, const float* weight,

@@ -68,6 +68,19 @@ cudaError_t DecodeMixerPrep(const float* x, int64_t x_stride, const float* w, in
                             const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
                             int64_t cvt0, int64_t cvt_cols, void* cvt, DType cvt_type, cudaStream_t stream);
 
+// DecodeMixerPrep's conv part (nothing converted) and a decode GEMV on other
+// columns of the same rows, y[m, n] = bf16(x[:, gemv_col + (0..k)]) . w^T
+// (m = pieces.num_pieces, as GemvBf16 on those columns converted to bf16:
+// the same bits), as one launch: two independent jobs on disjoint blocks, so
+// a decode step has one kernel fewer in its chain. Needs
+// DecodeMixerPrepGemvSupported (x + gemv_col 16-byte aligned, x_stride a
+// multiple of 4, k of 8, m <= kGemvMaxRows); cudaErrorInvalidValue otherwise.
+bool DecodeMixerPrepGemvSupported(int64_t m, int64_t k, int64_t ldx, const float* x, const void* w);
+cudaError_t DecodeMixerPrepGemv(const float* x, int64_t x_stride, const float* conv_w, int64_t C, int W,
+                                const DevicePieces& pieces, const LayerStateRef& state, float* out, int64_t out_stride,
+                                int64_t gemv_col, int64_t k, const void* w, int64_t n, float* y, int64_t ldy,
+                                cudaStream_t stream);
+
 // The GDN-2 recurrence (DESIGN.md 1.2) over every token of every piece, state
 // read from and written back to the pieces' slots in place. Gate activations
 // and the q/k L2 norms are fused: inputs are raw (pre-activation).
