@@ -233,23 +233,25 @@ int main(int argc, char** argv) {
   // then with CUDA graphs (the default), then (the GEMV's batches, bf16) with
   // graphs and cuBLAS for every GEMM, the default without programmatic
   // dependent launch, and (the GEMV's batches) the default with the conv prep
-  // and the up projection as two launches.
+  // and the up projection as two launches, and with SwiGLU as a kernel of its
+  // own after the gate_up GEMV.
   std::unique_ptr<gdnserve::Backend> backend;
   int64_t state_bytes = 0;
   gdnserve::SamplingParams sampling;  // temperature 1, no cuts
   struct DecodeRun {
-    bool graphs, gemv, pdl, fuse_prep;
+    bool graphs, gemv, pdl, fuse_prep, fuse_swiglu;
   };
-  for (const DecodeRun& dr : {DecodeRun{false, true, true, true}, DecodeRun{true, true, true, true},
-                              DecodeRun{true, false, true, true}, DecodeRun{true, true, false, true},
-                              DecodeRun{true, true, true, false}}) {
+  for (const DecodeRun& dr :
+       {DecodeRun{false, true, true, true, true}, DecodeRun{true, true, true, true, true},
+        DecodeRun{true, false, true, true, true}, DecodeRun{true, true, false, true, true},
+        DecodeRun{true, true, true, false, true}, DecodeRun{true, true, true, true, false}}) {
     if (only == "prefill") break;
     const bool graphs = dr.graphs;
     std::vector<int> run_batches;
     for (int B : batches) {
       // cuBLAS only, two launches: the batches the default takes the GEMV for.
       const bool gemv_batch = !f32 && B <= gdnserve::kCudaDecodeGemvRows;
-      if ((dr.gemv && dr.fuse_prep) || gemv_batch) run_batches.push_back(B);
+      if ((dr.gemv && dr.fuse_prep && dr.fuse_swiglu) || gemv_batch) run_batches.push_back(B);
     }
     if (run_batches.empty()) continue;
     backend.reset();
@@ -258,17 +260,18 @@ int main(int argc, char** argv) {
                                                          .cuda_graphs = graphs,
                                                          .decode_gemv = dr.gemv,
                                                          .fuse_decode_prep = dr.fuse_prep,
+                                                         .fuse_decode_swiglu = dr.fuse_swiglu,
                                                          .programmatic_launch = dr.pdl});
     if (!created.ok()) fail(created.status());
     backend = std::move(*created);
     gdnserve::Backend& be = *backend;
     state_bytes = be.state_pool().layout().bytes_per_slot();
     std::printf(
-        "\nmodel %s (%s, CUDA graphs %s%s%s%s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
+        "\nmodel %s (%s, CUDA graphs %s%s%s%s%s): %.2fB parameters, %.1f MB state per sequence, %d slots; "
         "%.2f GB on the GPU\n",
         model.c_str(), be.name().c_str(), graphs ? "on" : "off", dr.gemv ? "" : ", cuBLAS for every GEMM",
         dr.pdl ? "" : ", no programmatic launch", dr.fuse_prep ? "" : ", conv prep and up projection apart",
-        params / 1e9, state_bytes / 1e6, max_batch,
+        dr.fuse_swiglu ? "" : ", SwiGLU after the GEMV", params / 1e9, state_bytes / 1e6, max_batch,
         (DeviceUsed() - used0) / 1e9);
     report["backend"] = be.name();
     report["state_bytes_per_sequence"] = state_bytes;
@@ -305,7 +308,8 @@ int main(int argc, char** argv) {
         step();
         times.push_back(Since(t));
       }
-      if (profile_step && graphs && dr.gemv && dr.pdl && dr.fuse_prep) {  // the default configuration only
+      const bool default_config = graphs && dr.gemv && dr.pdl && dr.fuse_prep && dr.fuse_swiglu;
+      if (profile_step && default_config) {
         CHECK_CUDA(cudaDeviceSynchronize());
         CHECK_CUDA(cudaProfilerStart());
         step();
@@ -316,14 +320,16 @@ int main(int argc, char** argv) {
       const double med = times[times.size() / 2];
       const double floor_s = (step_weight_bytes + 2.0 * B * state_bytes) / bw;
       std::printf("%6d %12.3f %12.3f %8.2f %14.0f\n", B, med * 1e3, floor_s * 1e3, med / floor_s, B / med);
-      const char* config = !graphs        ? "graphs_off"
-                           : !dr.gemv      ? "cublas_only"
-                           : !dr.pdl       ? "no_pdl"
-                           : !dr.fuse_prep ? "prep_apart"
-                                           : "default";
+      const char* config = !graphs          ? "graphs_off"
+                           : !dr.gemv        ? "cublas_only"
+                           : !dr.pdl         ? "no_pdl"
+                           : !dr.fuse_prep   ? "prep_apart"
+                           : !dr.fuse_swiglu ? "swiglu_apart"
+                                             : "default";
       report["decode"].push_back({{"batch", B}, {"config", config}, {"cuda_graphs", graphs},
                                   {"gemv", dr.gemv && !f32 && B <= gdnserve::kCudaDecodeGemvRows},
                                   {"programmatic_launch", dr.pdl}, {"fused_prep", dr.fuse_prep},
+                                  {"fused_swiglu", dr.fuse_swiglu},
                                   {"sampling", "device"}, {"step_seconds", med},
                                   {"floor_seconds", floor_s}, {"min_step_seconds", times.front()}});
       for (int s : slots) (void)be.state_pool().Release(s);

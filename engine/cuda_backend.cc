@@ -314,8 +314,16 @@ absl::Status CudaBackend::Init() {
     for (const auto& [buf, host] : small) {
       if (absl::Status s = up(*buf, *host, DType::kF32); !s.ok()) return s;
     }
+    // gate_up's rows as (gate, up) pairs (cuda::SiluMul's order): a decode
+    // GEMV tile then holds both halves of its SwiGLU outputs.
+    const int64_t I = cfg_.intermediate_size, dm = cfg_.hidden_size;
+    std::vector<float> gu(lw.gate_up.size());
+    for (int64_t j = 0; j < I; ++j) {
+      std::copy_n(&lw.gate_up[j * dm], dm, &gu[2 * j * dm]);
+      std::copy_n(&lw.gate_up[(I + j) * dm], dm, &gu[(2 * j + 1) * dm]);
+    }
     const std::pair<DeviceBuffer*, const std::vector<float>*> mats[] = {
-        {&d.in_proj, &lw.in_proj}, {&d.o_proj, &lw.o_proj}, {&d.gate_up, &lw.gate_up}, {&d.down, &lw.down}};
+        {&d.in_proj, &lw.in_proj}, {&d.o_proj, &lw.o_proj}, {&d.gate_up, &gu}, {&d.down, &lw.down}};
     for (const auto& [buf, host] : mats) {
       if (absl::Status s = up(*buf, *host, wtype_); !s.ok()) return s;
     }
@@ -875,8 +883,13 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
 
   // MLP.
   GDN_CUDA_RETURN(cuda::RmsNorm(x_.f(), d, nullptr, T, d, lw.mlp_norm.f(), cfg_.norm_eps, h_.get(), at, d, stream_));
-  if (absl::Status s = Gemm(h_.get(), d, T, d, lw.gate_up, 2 * I, gu_.f(), 2 * I, false); !s.ok()) return s;
-  GDN_CUDA_RETURN(cuda::SiluMul(gu_.f(), T, I, act_.get(), at, stream_));
+  if (gemv_step && options_.fuse_decode_swiglu && at == DType::kBF16 &&
+      cuda::GemvBf16Supported(T, d, d, h_.get(), lw.gate_up.get())) {
+    GDN_CUDA_RETURN(cuda::GemvBf16SwiGlu(h_.get(), d, T, d, lw.gate_up.get(), 2 * I, act_.get(), I, stream_));
+  } else {
+    if (absl::Status s = Gemm(h_.get(), d, T, d, lw.gate_up, 2 * I, gu_.f(), 2 * I, false); !s.ok()) return s;
+    GDN_CUDA_RETURN(cuda::SiluMul(gu_.f(), T, I, act_.get(), at, stream_));
+  }
   if (absl::Status s = Gemm(act_.get(), I, T, I, lw.down, d, x_.f(), d, true); !s.ok()) return s;
   return absl::OkStatus();
 }

@@ -38,6 +38,9 @@ struct CudaBackendOptions {
   // With decode_gemv: a decode step's conv prep and low-rank up projection
   // run as one launch (cuda::DecodeMixerPrepGemv) instead of two.
   bool fuse_decode_prep = true;
+  // With decode_gemv: a decode step's gate_up GEMV applies SwiGLU to its
+  // outputs (cuda::GemvBf16SwiGlu) instead of a SwiGLU kernel after it.
+  bool fuse_decode_swiglu = true;
   // Kernels launch as programmatic dependents (Hopper+): each may start while
   // the one before it finishes (kernels/cuda/pdl.cuh). Process-wide setting.
   bool programmatic_launch = true;

@@ -446,6 +446,30 @@ TEST_F(CudaKernelTest, GemvMatchesCpu) {
   EXPECT_FALSE(cuda::GemvBf16Supported(1, 16, 16, d_a.get() + 1, d_a.get()));
 }
 
+// The gate_up GEMV with SwiGLU on the way out vs GemvBf16 then SiluMul to
+// bf16: the same bits, every row count 1-8, tile remainders (n / 2 odd).
+TEST_F(CudaKernelTest, GemvSwiGluMatchesApart) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t I : {6208, 37}) {
+    const int64_t n = 2 * I, k = 264, rows = cuda::kGemvMaxRows;
+    std::vector<float> w = Normal(n * k), x = Normal(rows * k);
+    RoundBf16(w);
+    RoundBf16(x);
+    Dev<uint16_t> d_w(Bf16Bits(w)), d_x(Bf16Bits(x));
+    for (int m = 1; m <= rows; ++m) {
+      SCOPED_TRACE(::testing::Message() << "I=" << I << " m=" << m);
+      Dev<uint16_t> d_act(m * I), d_act2(m * I);
+      Dev<float> d_gu(m * n);
+      ASSERT_EQ(cuda::GemvBf16SwiGlu(d_x.get(), k, m, k, d_w.get(), n, d_act.get(), I, nullptr), cudaSuccess);
+      ASSERT_EQ(cuda::GemvBf16(d_x.get(), k, m, k, d_w.get(), n, d_gu.get(), n, false, nullptr), cudaSuccess);
+      ASSERT_EQ(cuda::SiluMul(d_gu.get(), m, I, d_act2.get(), cuda::DType::kBF16, nullptr), cudaSuccess);
+      EXPECT_EQ(d_act.host(), d_act2.host());
+    }
+  }
+  Dev<uint16_t> d_a(std::vector<uint16_t>(64));
+  EXPECT_EQ(cuda::GemvBf16SwiGlu(d_a.get(), 16, 1, 16, d_a.get(), 3, d_a.get(), 1, nullptr), cudaErrorInvalidValue);
+}
+
 // The fused decode-step kernel (conv + SiLU, state shift, column conversion)
 // vs the same CPU twin, one token a piece, scattered slots, both output types.
 TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
@@ -597,12 +621,19 @@ TEST_F(CudaKernelTest, NormsAndActivationsMatchCpu) {
     EXPECT_LE(RelErr(d_go.host(), want_o), 1e-6);
   }
 
-  // SwiGLU: scalar (I % 4 != 0) and four a thread, float32 and bf16 outputs.
+  // SwiGLU: scalar (I % 4 != 0) and four a thread, float32 and bf16 outputs;
+  // the GPU's rows hold (gate, up) pairs, the CPU's gate then up.
   for (const int64_t I : {130, 132, 6208}) {
     SCOPED_TRACE(::testing::Message() << "I=" << I);
-    std::vector<float> gu = Normal(T * 2 * I, 3.0f), want_a(T * I);
+    std::vector<float> gu = Normal(T * 2 * I, 3.0f), want_a(T * I), pairs(T * 2 * I);
     cpu::SiluMul(gu.data(), T, I, want_a.data());
-    Dev<float> d_gu(gu), d_a(T * I);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t j = 0; j < I; ++j) {
+        pairs[t * 2 * I + 2 * j] = gu[t * 2 * I + j];
+        pairs[t * 2 * I + 2 * j + 1] = gu[t * 2 * I + I + j];
+      }
+    }
+    Dev<float> d_gu(pairs), d_a(T * I);
     ASSERT_EQ(cuda::SiluMul(d_gu.get(), T, I, d_a.get(), cuda::DType::kF32, nullptr), cudaSuccess);
     EXPECT_LE(RelErr(d_a.host(), want_a), 1e-6);
     Dev<uint16_t> d_ab(T * I);

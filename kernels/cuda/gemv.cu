@@ -23,6 +23,16 @@
 // multiprocessor: o_proj, down) also load a warp's next four blocks before
 // multiplying the current ones; with many tiles that costs more than it gains.
 //
+// A decode step's chain of dependent kernels costs about 2-3 us a link on an
+// H100 (bench/RESULTS.md), so two more entry points take a link out each
+// without adding work: GemvBf16SwiGlu (gate_up's rows in (gate, up) pairs, a
+// tile writes silu(gate) * up instead of both halves: the SwiGLU kernel
+// after it goes) and DecodeMixerPrepGemv (the low-rank up projection's tiles
+// and the conv prep's elements, which need only in_proj's output, on
+// disjoint blocks of one launch; that GEMV reads its float32 inputs and
+// rounds them to bf16 as the conversion it replaces did). Folding the norms
+// in instead (each block recomputing its x rows' norm) was measured slower.
+//
 // Partial sums are added in a fixed order; one thread writes each output, no
 // atomics; for 2-8 rows a row's result does not depend on m or on the other
 // rows. Launched as programmatic dependents (pdl.cuh), both start their
@@ -33,6 +43,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/activations.cuh"
 #include "kernels/cuda/decode_prep.cuh"
 #include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"
@@ -93,9 +104,11 @@ __device__ __forceinline__ void Dot8(const uint4& w, const float (&x)[8], float&
 // y[n0 .. n0 + kRowTile) for one x row (bf16, or float32 rounded to bf16);
 // the block's tile is `tile`.
 constexpr int kRowTile = 4;
-template <typename XT>
+// kSwiGlu: rows are (gate, up) pairs; act[j] = bf16(silu(gate) * up) instead of y.
+template <typename XT, bool kSwiGlu = false>
 __device__ __forceinline__ void RowTile(const XT* __restrict__ x, const __nv_bfloat16* __restrict__ w, int64_t n,
-                                        int64_t k, float* __restrict__ y, bool accumulate, int64_t tile) {
+                                        int64_t k, float* __restrict__ y, bool accumulate, int64_t tile,
+                                        __nv_bfloat16* __restrict__ act = nullptr) {
   __shared__ float partial[kWarps][kRowTile];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t n0 = tile * kRowTile;
@@ -149,7 +162,16 @@ __device__ __forceinline__ void RowTile(const XT* __restrict__ x, const __nv_bfl
     if (lane == 0) partial[warp][r] = v;
   }
   __syncthreads();
-  if (tid < rows) {
+  if constexpr (kSwiGlu) {
+    if (2 * tid < rows) {  // rows is even
+      float gate = 0.0f, up = 0.0f;
+#pragma unroll
+      for (int q = 0; q < kWarps; ++q) gate += partial[q][2 * tid];
+#pragma unroll
+      for (int q = 0; q < kWarps; ++q) up += partial[q][2 * tid + 1];
+      act[n0 / 2 + tid] = __float2bfloat16_rn(Silu(gate) * up);
+    }
+  } else if (tid < rows) {
     float s = 0.0f;
 #pragma unroll
     for (int q = 0; q < kWarps; ++q) s += partial[q][tid];
@@ -170,10 +192,12 @@ __device__ __forceinline__ uint4 LoadWeights(const __nv_bfloat16* p, bool ok) {
 
 // 2 <= m <= 8; kPipe: the next batch's loads before the current batch's
 // products. x bf16, or float32 rounded to bf16; the block's tile is `tile`.
-template <bool kPipe, typename XT>
+// kSwiGlu: as RowTile's; act rows of stride ldy.
+template <bool kPipe, typename XT, bool kSwiGlu = false>
 __device__ __forceinline__ void TcTile(const XT* __restrict__ x, int64_t ldx, int m,
                                        const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                       float* __restrict__ y, int64_t ldy, bool accumulate, int64_t tile) {
+                                       float* __restrict__ y, int64_t ldy, bool accumulate, int64_t tile,
+                                       __nv_bfloat16* __restrict__ act = nullptr) {
   __shared__ float partial[kWarps][8][kTile];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane >> 2, t = lane & 3;
   const int64_t n0 = tile * kTile;
@@ -221,29 +245,68 @@ __device__ __forceinline__ void TcTile(const XT* __restrict__ x, int64_t ldx, in
   partial[warp][2 * t][g + 8] = acc[2];
   partial[warp][2 * t + 1][g + 8] = acc[3];
   __syncthreads();
-  for (int i = tid; i < 8 * kTile; i += kThreads) {
-    const int col = i / kTile, row = i % kTile;  // consecutive threads, consecutive outputs
-    if (col < m && row < rows) {
-      float s = 0.0f;
+  if constexpr (kSwiGlu) {
+    for (int i = tid; i < 8 * (kTile / 2); i += kThreads) {
+      const int col = i / (kTile / 2), pair = i % (kTile / 2);
+      if (col < m && 2 * pair < rows) {
+        float gate = 0.0f, up = 0.0f;
 #pragma unroll
-      for (int q = 0; q < kWarps; ++q) s += partial[q][col][row];
-      float* out = y + col * ldy + n0 + row;
-      *out = accumulate ? *out + s : s;
+        for (int q = 0; q < kWarps; ++q) gate += partial[q][col][2 * pair];
+#pragma unroll
+        for (int q = 0; q < kWarps; ++q) up += partial[q][col][2 * pair + 1];
+        act[col * ldy + n0 / 2 + pair] = __float2bfloat16_rn(Silu(gate) * up);
+      }
+    }
+  } else {
+    for (int i = tid; i < 8 * kTile; i += kThreads) {
+      const int col = i / kTile, row = i % kTile;  // consecutive threads, consecutive outputs
+      if (col < m && row < rows) {
+        float s = 0.0f;
+#pragma unroll
+        for (int q = 0; q < kWarps; ++q) s += partial[q][col][row];
+        float* out = y + col * ldy + n0 + row;
+        *out = accumulate ? *out + s : s;
+      }
     }
   }
 }
 
+template <bool kSwiGlu>
 __global__ void __launch_bounds__(kThreads) RowKernel(const __nv_bfloat16* __restrict__ x,
                                                       const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                      float* __restrict__ y, bool accumulate) {
-  RowTile(x, w, n, k, y, accumulate, blockIdx.x);
+                                                      float* __restrict__ y, bool accumulate,
+                                                      __nv_bfloat16* __restrict__ act) {
+  RowTile<__nv_bfloat16, kSwiGlu>(x, w, n, k, y, accumulate, blockIdx.x, act);
 }
 
-template <bool kPipe>
+template <bool kPipe, bool kSwiGlu>
 __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, int m,
                                                        const __nv_bfloat16* __restrict__ w, int64_t n, int64_t k,
-                                                       float* __restrict__ y, int64_t ldy, bool accumulate) {
-  TcTile<kPipe>(x, ldx, m, w, n, k, y, ldy, accumulate, blockIdx.x);
+                                                       float* __restrict__ y, int64_t ldy, bool accumulate,
+                                                       __nv_bfloat16* __restrict__ act) {
+  TcTile<kPipe, __nv_bfloat16, kSwiGlu>(x, ldx, m, w, n, k, y, ldy, accumulate, blockIdx.x, act);
+}
+
+// GemvBf16 and GemvBf16SwiGlu (act set: y is act's row stride there).
+cudaError_t LaunchGemv(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
+                       int64_t ldy, bool accumulate, __nv_bfloat16* act, cudaStream_t stream) {
+  const auto* xb = static_cast<const __nv_bfloat16*>(x);
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  const bool swiglu = act != nullptr;
+  if (m == 1) {
+    const int64_t blocks = (n + kRowTile - 1) / kRowTile;
+    if (blocks > 2147483647) return cudaErrorInvalidValue;
+    return LaunchPdl(swiglu ? RowKernel<true> : RowKernel<false>, static_cast<unsigned>(blocks), kThreads, 0, stream,
+                     xb, wb, n, k, y, accumulate, act);
+  }
+  const int64_t blocks = (n + kTile - 1) / kTile;
+  if (blocks > 2147483647) return cudaErrorInvalidValue;
+  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
+  const bool pipe = blocks < 2 * sms;
+  auto* kernel = pipe ? (swiglu ? TcKernel<true, true> : TcKernel<true, false>)
+                      : (swiglu ? TcKernel<false, true> : TcKernel<false, false>);
+  return LaunchPdl(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, xb, ldx, static_cast<int>(m), wb, n,
+                   k, y, ldy, accumulate, act);
 }
 
 // DecodeMixerPrepGemv: blocks [0, gemv_blocks) the GEMV's tiles (first, so
@@ -310,19 +373,13 @@ bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const v
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                      int64_t ldy, bool accumulate, cudaStream_t stream) {
   if (!GemvBf16Supported(m, k, ldx, x, w) || n <= 0) return cudaErrorInvalidValue;
-  const auto* xb = static_cast<const __nv_bfloat16*>(x);
-  const auto* wb = static_cast<const __nv_bfloat16*>(w);
-  if (m == 1) {
-    const int64_t blocks = (n + kRowTile - 1) / kRowTile;
-    if (blocks > 2147483647) return cudaErrorInvalidValue;
-    return LaunchPdl(RowKernel, static_cast<unsigned>(blocks), kThreads, 0, stream, xb, wb, n, k, y, accumulate);
-  }
-  const int64_t blocks = (n + kTile - 1) / kTile;
-  if (blocks > 2147483647) return cudaErrorInvalidValue;
-  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
-  const bool pipe = blocks < 2 * sms;
-  return LaunchPdl(pipe ? TcKernel<true> : TcKernel<false>, static_cast<unsigned>(blocks), kThreads, 0, stream, xb,
-                   ldx, static_cast<int>(m), wb, n, k, y, ldy, accumulate);
+  return LaunchGemv(x, ldx, m, k, w, n, y, ldy, accumulate, nullptr, stream);
+}
+
+cudaError_t GemvBf16SwiGlu(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, void* act,
+                           int64_t ld_act, cudaStream_t stream) {
+  if (!GemvBf16Supported(m, k, ldx, x, w) || n <= 0 || n % 2 != 0 || act == nullptr) return cudaErrorInvalidValue;
+  return LaunchGemv(x, ldx, m, k, w, n, nullptr, ld_act, false, static_cast<__nv_bfloat16*>(act), stream);
 }
 
 }  // namespace gdnserve::cuda

@@ -178,7 +178,7 @@ __global__ void GatedRmsNormKernel(const float* o, const float* z, int64_t z_str
   }
 }
 
-// kVec: 4 consecutive outputs a thread (I % 4 == 0: 16-byte loads).
+// kVec: 4 consecutive outputs a thread (I % 4 == 0: two 16-byte loads).
 template <int kVec>
 __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, DType ot) {
   PdlWait();
@@ -187,10 +187,10 @@ __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, 
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = i / per_row, j = (i % per_row) * kVec;
-    const float* g = gu + t * 2 * I + j;
+    const float* g = gu + t * 2 * I + 2 * j;  // (gate, up) pairs
     if constexpr (kVec == 4) {
-      const float4 a = *reinterpret_cast<const float4*>(g), b = *reinterpret_cast<const float4*>(g + I);
-      const float r[4] = {Silu(a.x) * b.x, Silu(a.y) * b.y, Silu(a.z) * b.z, Silu(a.w) * b.w};
+      const float4 a = *reinterpret_cast<const float4*>(g), b = *reinterpret_cast<const float4*>(g + 4);
+      const float r[4] = {Silu(a.x) * a.y, Silu(a.z) * a.w, Silu(b.x) * b.y, Silu(b.z) * b.w};
       if (ot == DType::kF32) {
         *reinterpret_cast<float4*>(static_cast<float*>(out) + t * I + j) = make_float4(r[0], r[1], r[2], r[3]);
       } else {
@@ -198,7 +198,7 @@ __global__ void SiluMulKernel(const float* gu, int64_t T, int64_t I, void* out, 
         *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(out) + t * I + j) = *reinterpret_cast<uint2*>(p);
       }
     } else {
-      Store(out, ot, t * I + j, Silu(g[0]) * g[I]);
+      Store(out, ot, t * I + j, Silu(g[0]) * g[1]);
     }
   }
 }

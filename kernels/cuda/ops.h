@@ -155,7 +155,10 @@ cudaError_t GatedRmsNorm(const float* o, const float* z, int64_t z_stride, const
                          const float* weight, int64_t T, int HV, int V, float eps, void* out,
                          DType out_type, cudaStream_t stream);
 
-// out[t, j] = silu(gu[t, j]) * gu[t, I + j].  gu: [T, 2I]; out: `out_type` [T, I].
+// out[t, j] = silu(gu[t, 2j]) * gu[t, 2j + 1]: gu [T, 2I] holds (gate, up)
+// pairs, the order of the GPU backend's gate_up rows (interleaved at upload,
+// so that a decode GEMV's tile owns both halves: GemvBf16SwiGlu); out:
+// `out_type` [T, I].
 cudaError_t SiluMul(const float* gu, int64_t T, int64_t I, void* out, DType out_type, cudaStream_t stream);
 
 // out = x (rows x cols, strides in elements) converted to out_type.
@@ -172,6 +175,13 @@ inline constexpr int kGemvMaxRows = 8;
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w);
 cudaError_t GemvBf16(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                      int64_t ldy, bool accumulate, cudaStream_t stream);
+
+// The decode GEMV of gate_up with SwiGLU on the way out: w's rows are
+// (gate, up) pairs (SiluMul's order), y = x . w^T is never stored, and
+// act[:, j] = bf16(silu(y[:, 2j]) * y[:, 2j + 1]) (row stride ld_act): the
+// bits of GemvBf16 followed by SiluMul to bf16. n even; else as GemvBf16.
+cudaError_t GemvBf16SwiGlu(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, void* act,
+                           int64_t ld_act, cudaStream_t stream);
 
 // Kernels of this library launch with programmatic dependent launch
 // (pdl.cuh: each may start while the one before it finishes) on Hopper and
