@@ -800,8 +800,9 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
   float* proj = proj_out_.f();
   const int64_t FZ = key_dim + value_dim;
-  // A pure decode step whose up projection takes the GEMV: the conv prep and
-  // that GEMV (on the float32 [f0 | g0] columns) in one launch.
+  // A pure decode step whose matrices take the GEMV (as Gemm picks it): the
+  // conv prep shares a launch with the up projection's GEMV (on the float32
+  // [f0 | g0] columns), and gate_up's GEMV applies SwiGLU (MLP below).
   const bool gemv_step = options_.decode_gemv && !options_.batch_invariant && wtype_ == DType::kBF16 &&
                          runs_.size() == 1 && !runs_[0].prompt && T <= kCudaDecodeGemvRows;
   bool up_done = false;
