@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/gdn2.h"
@@ -167,9 +168,17 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ChunkVsRecurrent, ::testing::ValuesIn(Cases()),
                            const char* gates = c.gates == Gates::kExtreme   ? "_extreme"
                                                : c.gates == Gates::kTypical ? "_typical"
                                                                             : "_heavy_light";
-                           return "T" + std::to_string(c.T) + "_K" + std::to_string(c.K) + "_V" +
-                                  std::to_string(c.V) + gates +
-                                  (c.initial_state ? "_s0" : "") + (c.neg_eig ? "_neg" : "");
+                           // Appended piece by piece: GCC 12's -Wrestrict misfires on "a" + string.
+                           std::string name = "T";
+                           name += std::to_string(c.T);
+                           name += "_K";
+                           name += std::to_string(c.K);
+                           name += "_V";
+                           name += std::to_string(c.V);
+                           name += gates;
+                           name += c.initial_state ? "_s0" : "";
+                           name += c.neg_eig ? "_neg" : "";
+                           return name;
                          });
 
 // Invariant 2: chunked prefill in pieces (any split, carrying state) equals
