@@ -257,7 +257,7 @@ void HttpServer::InstallRoutes() {
             res.set_content(context_.registry->Serialize(), std::string(metrics::kContentType));
           }));
 
-  auto unavailable = [this](Response& res, const HttpModel* m) {
+  auto unavailable = [](Response& res, const HttpModel* m) {
     if (m != nullptr) RecordRejected(m->metrics, absl::StatusCode::kUnavailable);
     SendError(res, MakeApiError(503, m == nullptr ? "the model is still loading" : "the server is not ready (draining)",
                                 "unavailable"));

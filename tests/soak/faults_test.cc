@@ -269,7 +269,9 @@ TEST(Isolation, ConcurrentSeededSamplesEqualSoloRuns) {
       EXPECT_EQ(got[0], s.tokens[0]) << "request " << i << " sample " << index << " starts with another's token";
       for (int j = 0; j < kRequests; ++j) {
         for (const auto& [k, other] : solo[j].samples) {
-          if (j != i) EXPECT_NE(got, other.tokens) << "request " << i << " got request " << j << "'s output";
+          if (j != i) {
+            EXPECT_NE(got, other.tokens) << "request " << i << " got request " << j << "'s output";
+          }
         }
       }
     }
