@@ -174,6 +174,11 @@ class CudaBackend final : public Backend {
                         int64_t ldc, bool accumulate);
   absl::Status FixedGemm(const void* a, int64_t lda, int64_t m, int64_t k, const DeviceBuffer& w, int64_t n,
                          float* c, int64_t ldc, bool accumulate, bool prompt_class);
+  // Whether a decode run of `rows` rows (not batch_invariant) takes the GEMV
+  // rather than cuBLAS, shapes permitting.
+  bool DecodeGemvRows(int64_t rows) const {
+    return options_.decode_gemv && wtype_ == DType::kBF16 && rows <= kCudaDecodeGemvRows;
+  }
   absl::Status Reserve(int64_t T, int64_t R, int num_pieces);
   absl::Status Layer(int layer, int64_t T, const cuda::DevicePieces& pieces);
   // Everything from the embedding to the logits, enqueued on stream_.
@@ -404,8 +409,7 @@ absl::Status CudaBackend::Gemm(const void* a, int64_t lda, int64_t m, int64_t k,
     float* cr = c + r0 * ldc;
     if (run.prompt || options_.batch_invariant) {
       if (absl::Status s = FixedGemm(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate, run.prompt); !s.ok()) return s;
-    } else if (options_.decode_gemv && wtype_ == DType::kBF16 && r1 - r0 <= kCudaDecodeGemvRows &&
-               cuda::GemvBf16Supported(r1 - r0, k, lda, ar, w.get())) {
+    } else if (DecodeGemvRows(r1 - r0) && cuda::GemvBf16Supported(r1 - r0, k, lda, ar, w.get())) {
       GDN_CUDA_RETURN(cuda::GemvBf16(ar, lda, r1 - r0, k, w.get(), n, cr, ldc, accumulate, stream_));
     } else if (absl::Status s = GemmRows(ar, lda, r1 - r0, k, w, n, cr, ldc, accumulate); !s.ok()) {
       return s;
@@ -800,11 +804,10 @@ absl::Status CudaBackend::Layer(int layer, int64_t T, const cuda::DevicePieces& 
   if (absl::Status s = Gemm(h_.get(), d, T, d, lw.in_proj, P, proj_out_.f(), P, false); !s.ok()) return s;
   float* proj = proj_out_.f();
   const int64_t FZ = key_dim + value_dim;
-  // A pure decode step whose matrices take the GEMV (as Gemm picks it): the
-  // conv prep shares a launch with the up projection's GEMV (on the float32
+  // A pure decode step whose matrices take the GEMV (Gemm's rule): the conv
+  // prep shares a launch with the up projection's GEMV (on the float32
   // [f0 | g0] columns), and gate_up's GEMV applies SwiGLU (MLP below).
-  const bool gemv_step = options_.decode_gemv && !options_.batch_invariant && wtype_ == DType::kBF16 &&
-                         runs_.size() == 1 && !runs_[0].prompt && T <= kCudaDecodeGemvRows;
+  const bool gemv_step = runs_.size() == 1 && !runs_[0].prompt && !options_.batch_invariant && DecodeGemvRows(T);
   bool up_done = false;
   if (T == pieces.num_pieces && cfg_.conv_size <= cuda::kDecodeMaxConvWidth) {  // a decode step: one launch
     if (gemv_step && options_.fuse_decode_prep &&
