@@ -3,9 +3,7 @@
 // up projection's GEMV (gemv.cu: DecodeMixerPrepGemv).
 #pragma once
 
-#include <cuda_bf16.h>
-
-#include "kernels/cuda/activations.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace gdnserve::cuda {
@@ -34,13 +32,7 @@ __device__ __forceinline__ void MixerPrepElement(const MixerPrepArgs& a, int64_t
   const int64_t cols = a.C + a.cvt_cols;
   const int64_t t = i / cols, c = i % cols;  // token t is piece t
   if (c >= a.C) {
-    const float v = a.x[t * a.x_stride + a.cvt0 + c - a.C];
-    const int64_t o = t * a.cvt_cols + c - a.C;
-    if (a.cvt_type == DType::kF32) {
-      static_cast<float*>(a.cvt)[o] = v;
-    } else {
-      static_cast<__nv_bfloat16*>(a.cvt)[o] = __float2bfloat16_rn(v);
-    }
+    Store(a.cvt, a.cvt_type, t * a.cvt_cols + c - a.C, a.x[t * a.x_stride + a.cvt0 + c - a.C]);
     return;
   }
   const int64_t C = a.C;

@@ -14,7 +14,7 @@
 // so the two dot products of a row are reduced together, before the update.
 #include <algorithm>
 
-#include "kernels/cuda/activations.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 

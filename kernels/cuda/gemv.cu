@@ -43,7 +43,7 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/activations.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/decode_prep.cuh"
 #include "kernels/cuda/device_attr.cuh"
 #include "kernels/cuda/ops.h"

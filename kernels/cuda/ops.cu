@@ -4,22 +4,13 @@
 #include <algorithm>
 #include <atomic>
 
-#include "kernels/cuda/activations.cuh"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/decode_prep.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.cuh"
 
 namespace gdnserve::cuda {
 namespace {
-
-
-__device__ __forceinline__ void Store(void* out, DType t, int64_t i, float v) {
-  if (t == DType::kF32) {
-    static_cast<float*>(out)[i] = v;
-  } else {
-    static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(v);
-  }
-}
 
 __device__ __forceinline__ float Load(const void* in, DType t, int64_t i) {
   return t == DType::kF32 ? static_cast<const float*>(in)[i]
