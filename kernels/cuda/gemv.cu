@@ -287,26 +287,36 @@ __global__ void __launch_bounds__(kThreads) TcKernel(const __nv_bfloat16* __rest
   TcTile<kPipe, __nv_bfloat16, kSwiGlu>(x, ldx, m, w, n, k, y, ldy, accumulate, blockIdx.x, act);
 }
 
+// A GEMV launch's grid: tiles of kRowTile weight rows for one x row
+// (RowTile), else of kTile (TcTile), which pipelines its loads when there are
+// fewer tiles than two a multiprocessor.
+struct GemvGrid {
+  int64_t tiles;
+  bool tc, pipe;
+};
+GemvGrid PlanGemv(int64_t m, int64_t n) {
+  const bool tc = m > 1;
+  const int64_t tile = tc ? kTile : kRowTile, tiles = (n + tile - 1) / tile;
+  return {tiles, tc, tc && tiles < 2 * CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132)};
+}
+
 // GemvBf16 and GemvBf16SwiGlu (act set: y is act's row stride there).
 cudaError_t LaunchGemv(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                        int64_t ldy, bool accumulate, __nv_bfloat16* act, cudaStream_t stream) {
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
   const auto* wb = static_cast<const __nv_bfloat16*>(w);
   const bool swiglu = act != nullptr;
-  if (m == 1) {
-    const int64_t blocks = (n + kRowTile - 1) / kRowTile;
-    if (blocks > 2147483647) return cudaErrorInvalidValue;
-    return LaunchPdl(swiglu ? RowKernel<true> : RowKernel<false>, static_cast<unsigned>(blocks), kThreads, 0, stream,
-                     xb, wb, n, k, y, accumulate, act);
+  const GemvGrid g = PlanGemv(m, n);
+  if (g.tiles > 2147483647) return cudaErrorInvalidValue;
+  const auto blocks = static_cast<unsigned>(g.tiles);
+  if (!g.tc) {
+    return LaunchPdl(swiglu ? RowKernel<true> : RowKernel<false>, blocks, kThreads, 0, stream, xb, wb, n, k, y,
+                     accumulate, act);
   }
-  const int64_t blocks = (n + kTile - 1) / kTile;
-  if (blocks > 2147483647) return cudaErrorInvalidValue;
-  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
-  const bool pipe = blocks < 2 * sms;
-  auto* kernel = pipe ? (swiglu ? TcKernel<true, true> : TcKernel<true, false>)
-                      : (swiglu ? TcKernel<false, true> : TcKernel<false, false>);
-  return LaunchPdl(kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, xb, ldx, static_cast<int>(m), wb, n,
-                   k, y, ldy, accumulate, act);
+  auto* kernel = g.pipe ? (swiglu ? TcKernel<true, true> : TcKernel<true, false>)
+                        : (swiglu ? TcKernel<false, true> : TcKernel<false, false>);
+  return LaunchPdl(kernel, blocks, kThreads, 0, stream, xb, ldx, static_cast<int>(m), wb, n, k, y, ldy, accumulate,
+                   act);
 }
 
 // DecodeMixerPrepGemv: blocks [0, gemv_blocks) the GEMV's tiles (first, so
@@ -352,17 +362,13 @@ cudaError_t DecodeMixerPrepGemv(const float* x, int64_t x_stride, const float* c
   const MixerPrepArgs p = {x, x_stride, conv_w, C, W, pieces, state, out, out_stride, 0, 0, nullptr, DType::kF32};
   const int64_t prep_blocks = (m * C + kThreads - 1) / kThreads;
   const auto* wb = static_cast<const __nv_bfloat16*>(w);
-  const int64_t tile = m == 1 ? kRowTile : kTile;
-  const int64_t gemv_blocks = (n + tile - 1) / tile;
-  if (gemv_blocks + prep_blocks > 2147483647) return cudaErrorInvalidValue;
-  const unsigned blocks = static_cast<unsigned>(gemv_blocks + prep_blocks), gb = static_cast<unsigned>(gemv_blocks);
-  if (m == 1) {
-    return LaunchPdl(PrepGemvKernel<false, false>, blocks, kThreads, 0, stream, p, gx, x_stride, 1, wb, n, k, y,
-                     ldy, gb);
-  }
-  const int64_t sms = CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132);
-  return LaunchPdl(gemv_blocks < 2 * sms ? PrepGemvKernel<true, true> : PrepGemvKernel<true, false>, blocks,
-                   kThreads, 0, stream, p, gx, x_stride, static_cast<int>(m), wb, n, k, y, ldy, gb);
+  const GemvGrid g = PlanGemv(m, n);
+  if (g.tiles + prep_blocks > 2147483647) return cudaErrorInvalidValue;
+  const unsigned blocks = static_cast<unsigned>(g.tiles + prep_blocks), gb = static_cast<unsigned>(g.tiles);
+  auto* kernel = !g.tc    ? PrepGemvKernel<false, false>
+                 : g.pipe ? PrepGemvKernel<true, true>
+                          : PrepGemvKernel<true, false>;
+  return LaunchPdl(kernel, blocks, kThreads, 0, stream, p, gx, x_stride, static_cast<int>(m), wb, n, k, y, ldy, gb);
 }
 
 bool GemvBf16Supported(int64_t m, int64_t k, int64_t ldx, const void* x, const void* w) {
