@@ -114,6 +114,16 @@ struct DevBatch {
   }
 };
 
+// `count` distinct slots of a pool of `num_slots`, in random order (a shared
+// slot would race on the GPU).
+std::vector<int> ScatteredSlots(int count, int num_slots, std::mt19937_64& rng) {
+  std::vector<int> slots(num_slots);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(count);
+  return slots;
+}
+
 struct Shape {
   int H, HV, K, V;
 };
@@ -145,11 +155,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
                                           << " extreme=" << extreme << " neg=" << neg);
         const int P = static_cast<int>(lengths.size());
         const int num_slots = P + 3;
-        // Scattered, distinct slots (a shared slot would race on the GPU).
-        std::vector<int> slots(num_slots);
-        std::iota(slots.begin(), slots.end(), 0);
-        std::shuffle(slots.begin(), slots.end(), rng);
-        slots.resize(P);
+        const std::vector<int> slots = ScatteredSlots(P, num_slots, rng);
         Batch b(lengths, slots);
         const int64_t T = b.T, key_dim = sh.H * sh.K, value_dim = sh.HV * sh.V;
         const int64_t qk_stride = 2 * key_dim + 3;  // padded rows, like the packed qkv buffer
@@ -477,10 +483,7 @@ TEST_F(CudaKernelTest, DecodeMixerPrepMatchesCpu) {
   for (const int W : {1, 2, 4, 8}) {
     for (const cuda::DType ct : {cuda::DType::kF32, cuda::DType::kBF16}) {
       const int P = 37, num_slots = P + 5;
-      std::vector<int> slots(num_slots);
-      std::iota(slots.begin(), slots.end(), 0);
-      std::shuffle(slots.begin(), slots.end(), rng_);
-      slots.resize(P);
+      const std::vector<int> slots = ScatteredSlots(P, num_slots, rng_);
       Batch b(std::vector<int>(P, 1), slots);
       // Odd and even channel counts and strides.
       const bool even = W % 2 == 0;
@@ -538,10 +541,7 @@ TEST_F(CudaKernelTest, DecodeMixerPrepGemvMatchesApart) {
   for (int m = 1; m <= cuda::kGemvMaxRows; ++m) {
     for (const int W : {1, 4}) {
       const int num_slots = m + 3;
-      std::vector<int> slots(num_slots);
-      std::iota(slots.begin(), slots.end(), 0);
-      std::shuffle(slots.begin(), slots.end(), rng_);
-      slots.resize(m);
+      const std::vector<int> slots = ScatteredSlots(m, num_slots, rng_);
       Batch b(std::vector<int>(m, 1), slots);
       const int64_t C = 300, k = 256, gemv_col = 304, x_stride = gemv_col + k + 12, n = 4096 + 5;
       std::vector<float> x = Normal(m * x_stride), cw = Normal(C * W, 0.5f), w = Normal(n * k);
