@@ -208,10 +208,12 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 // value rounded) and G' (what the rounding left), so that G_t - G_i of two
 // nearby tokens after a run of saturated ones (G ~ -1e3 for both) keeps
 // float32 accuracy: (G_t - G_i) is exact there and (G'_t - G'_i) adds the rest.
+// G is in base-2 units (log2 of the decay: chunk_common::SoftplusLog2), so
+// every decay is one 2^x (Exp2Ftz).
 //   Pass 0: the q/k norm factors of the chunk's tokens.
 //   Pass 1, per slice: gates; G; Q~, K^, e^(G_C) out, E~ staged in W's
-//     place; the diagonal 16 x 16 blocks of A and M pairwise (partial sums
-//     added in shared memory); the blocks below on tensor cores as
+//     place; the diagonal 16 x 16 blocks of A and M pairwise (a thread a
+//     pair, sums in registers); the blocks below on tensor cores as
 //     (e_t e^(G_t - G_r)) . (k_i e^(G_r - G_i)), r the last token before the
 //     row's sub-chunk (accumulators kept in registers).
 //   T = (I + A)^-1 by blocked forward substitution, float32; M out.
@@ -255,8 +257,8 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
     const float kn = k[u] * rk[t];
     sQ[t * ss + c] = q[u] * rq[t];
     sK[t * ss + c] = kn;
-    sE[t * ss + c] = ok ? chunk_common::Sigmoid(b[u]) * bscale * kn : 0.0f;
-    sG[t * ss + c] = ok ? neg_a * chunk_common::Softplus(g[u]) : 0.0f;
+    sE[t * ss + c] = ok ? chunk_common::SigmoidFtz(b[u]) * bscale * kn : 0.0f;
+    sG[t * ss + c] = ok ? neg_a * chunk_common::SoftplusLog2(g[u]) : 0.0f;
   }
   __syncthreads();
   // Each sub-chunk's total, then the sums from the chunk's start (a thread per
@@ -285,8 +287,32 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
 // e^(G_t - G_i) from the split sums: the difference of the rounded values is
 // exact for nearby values, the remainders add what the rounding left.
 __device__ __forceinline__ float DecayBetween(const float* sG, const float* sGl, int t, int i) {
-  return __expf((sG[t] - sG[i]) + (sGl[t] - sGl[i]));
+  return chunk_common::Exp2Ftz((sG[t] - sG[i]) + (sGl[t] - sGl[i]));
 }
+
+// The diagonal 16 x 16 blocks' work, in slots of two rounds of the block's
+// threads: slots below 4 x 120 are the pairs i < t of a sub-chunk (true;
+// the 120 of sub-chunk s in row order), the 32 after them two rows t, t + 1
+// of M's diagonal each (false; i = t).
+constexpr int kDiagPairs = kSub * (kSub - 1) / 2;
+static_assert(4 * kDiagPairs + kC / 2 == 2 * kThreads1, "two rounds of slots cover the diagonal blocks");
+__device__ __forceinline__ bool DiagSlot(int slot, int* t, int* i) {
+  if (slot >= 4 * kDiagPairs) {
+    *t = *i = 2 * (slot - 4 * kDiagPairs);
+    return false;
+  }
+  const int s = slot / kDiagPairs, q = slot % kDiagPairs;
+  // Row tl of the sub-chunk holds pairs [tl (tl - 1) / 2, tl (tl + 1) / 2):
+  // the square root is exact at the rows' starts; the checks guard the rest.
+  int tl = static_cast<int>((1.0f + sqrtf(8.0f * q + 1.0f)) * 0.5f);
+  if (tl * (tl - 1) / 2 > q) --tl;
+  if (tl * (tl + 1) / 2 <= q) ++tl;
+  *t = s * kSub + tl;
+  *i = s * kSub + q - tl * (tl - 1) / 2;
+  return true;
+}
+
+__device__ __forceinline__ float4 Ld4(const float* base, int i) { return *reinterpret_cast<const float4*>(base + i); }
 
 // Off-diagonal tiles of A and M (16 x 8 each): 12 per matrix, sub-chunk row
 // s = 1 (2 tiles), 2 (4), 3 (6). K'(s) rows start at KOff(s) in the K' block.
@@ -322,7 +348,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   const int chunk = blockIdx.x, hk = blockIdx.y;
   if (chunk >= *tab.num_chunks) return;
   constexpr int ss = Smem1::Ss, as = Smem1::As, kWarps = kThreads1 / 32;
-  static_assert(kWarps == 8, "the diagonal blocks take two warps a sub-chunk");
+  static_assert(kWarps == 8, "three off-diagonal tiles a warp");
   constexpr int kTiles = 24 / kWarps;  // off-diagonal tiles a warp
   const int K = a.K, Kp = l.Kp;
   float* sQ = smem;
@@ -372,8 +398,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         kk += __shfl_xor_sync(0xffffffffu, kk, o);
       }
       if (lane == 0) {
-        sR[t] = t < n ? a.scale / sqrtf(qq + 1e-6f) : 0.0f;
-        sR[kC + t] = t < n ? 1.0f / sqrtf(kk + 1e-6f) : 0.0f;
+        sR[t] = t < n ? a.scale * rsqrtf(qq + 1e-6f) : 0.0f;
+        sR[kC + t] = t < n ? rsqrtf(kk + 1e-6f) : 0.0f;
       }
     }
   }
@@ -390,58 +416,74 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float acc[kTiles][1][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
+  float diag[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // the diagonal blocks' sums (DiagSlot)
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
     LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
     // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
     // W's place (W = T E~ once T is known).
+#pragma unroll
     for (int i = tid; i < kC * kSl; i += kThreads1) {
       const int t = i / kSl, c = i % kSl;
-      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = __expf(gt);
+      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = chunk_common::Exp2Ftz(gt);
       oQ[t * Kp + c0 + c] = Round32<kMath>(sQ[t * ss + c] * f);
       oK[t * Kp + c0 + c] = Round32<kMath>(sK[t * ss + c] * DecayBetween(sG, sGl, (kC - 1) * ss + c, t * ss + c));
       oW[t * Kp + c0 + c] = sE[t * ss + c] * f;
-      if (t == 0) oD[c0 + c] = c0 + c < K ? __expf(gc) : 0.0f;
+      if (t == 0) oD[c0 + c] = c0 + c < K ? chunk_common::Exp2Ftz(gc) : 0.0f;
     }
-    // Diagonal blocks, pairwise: a warp per half of a sub-chunk's rows; lane
-    // = (column i of the sub-chunk, half of the slice's channels), k_i e^(-G'_i)
-    // and G_i in registers, row t's values read by the whole warp at once.
-    {
-      constexpr int hw = kSl / 2;
-      const int s = warp / 2, il = lane & 15, half = lane >> 4, i = s * kSub + il, cb = half * hw;
-      float ki[hw], gi[hw];
+    // Diagonal blocks, pairwise (DiagSlot: a thread a pair i < t, or two
+    // rows of M's diagonal, in each of two rounds), sums kept in registers
+    // across the slices.
 #pragma unroll
-      for (int c = 0; c < hw; ++c) {
-        ki[c] = sK[i * ss + cb + c] * __expf(-sGl[i * ss + cb + c]);
-        gi[c] = sG[i * ss + cb + c];
-      }
-      for (int t = s * kSub + (warp % 2) * (kSub / 2); t < s * kSub + (warp % 2 + 1) * (kSub / 2); ++t) {
-        float av = 0.0f, mv = 0.0f;
-        if (i <= t) {
+    for (int r = 0; r < 2; ++r) {
+      int t, i;
+      const bool pair = DiagSlot(tid + r * kThreads1, &t, &i);
+      if (pair) {
+        float av[4] = {0.0f, 0.0f, 0.0f, 0.0f}, mv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-          for (int c = 0; c < hw; ++c) {
-            const float kd = ki[c] * __expf((sG[t * ss + cb + c] - gi[c]) + sGl[t * ss + cb + c]);
-            av += sE[t * ss + cb + c] * kd;
-            mv += sQ[t * ss + cb + c] * kd;
-          }
+        for (int c = 0; c < kSl; c += 4) {
+          const float4 gt = Ld4(sG, t * ss + c), lt = Ld4(sGl, t * ss + c), et = Ld4(sE, t * ss + c),
+                       qt = Ld4(sQ, t * ss + c), gi = Ld4(sG, i * ss + c), li = Ld4(sGl, i * ss + c),
+                       ki = Ld4(sK, i * ss + c);
+          auto add = [&](int j, float g_t, float l_t, float e_t, float q_t, float g_i, float l_i, float k_i) {
+            const float kd = k_i * chunk_common::Exp2Ftz((g_t - g_i) + (l_t - l_i));
+            av[j] += e_t * kd;
+            mv[j] += q_t * kd;
+          };
+          add(0, gt.x, lt.x, et.x, qt.x, gi.x, li.x, ki.x);
+          add(1, gt.y, lt.y, et.y, qt.y, gi.y, li.y, ki.y);
+          add(2, gt.z, lt.z, et.z, qt.z, gi.z, li.z, ki.z);
+          add(3, gt.w, lt.w, et.w, qt.w, gi.w, li.w, ki.w);
         }
-        av += __shfl_xor_sync(0xffffffffu, av, 16);
-        mv += __shfl_xor_sync(0xffffffffu, mv, 16);
-        if (half == 0 && i <= t) {
-          if (i < t) sA[t * as + i] += av;
-          sM[t * as + i] += mv;
+        diag[r][0] += (av[0] + av[1]) + (av[2] + av[3]);
+        diag[r][1] += (mv[0] + mv[1]) + (mv[2] + mv[3]);
+      } else {  // M_tt = q~_t . k_t (no decay), rows t and t + 1
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mv[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+          for (int c = 0; c < kSl; c += 4) {
+            const float4 qt = Ld4(sQ, (t + h) * ss + c), kt = Ld4(sK, (t + h) * ss + c);
+            mv[0] += qt.x * kt.x;
+            mv[1] += qt.y * kt.y;
+            mv[2] += qt.z * kt.z;
+            mv[3] += qt.w * kt.w;
+          }
+          diag[r][h] += (mv[0] + mv[1]) + (mv[2] + mv[3]);
         }
       }
     }
     __syncthreads();
     // E' = e e^(G_t - G_r), Q' likewise (rows of sub-chunks 1..3, in place);
     // K'(s)_i = k_i e^(G_r - G_i) for i < 16 s; r = 16 s - 1.
+#pragma unroll
     for (int i = tid; i < 3 * kSub * kSl; i += kThreads1) {
       const int t = kSub + i / kSl, c = i % kSl, r = t / kSub * kSub - 1;
       const float f = DecayBetween(sG, sGl, t * ss + c, r * ss + c);
       sE[t * ss + c] = Round32<kMath>(sE[t * ss + c] * f);
       sQ[t * ss + c] = Round32<kMath>(sQ[t * ss + c] * f);
     }
+#pragma unroll
     for (int i = tid; i < 6 * kSub * kSl; i += kThreads1) {
       const int row = i / kSl, c = i % kSl;
       const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
@@ -468,6 +510,17 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     dst[r * as + c + 1] = acc[j][0][1];
     dst[(r + 8) * as + c] = acc[j][0][2];
     dst[(r + 8) * as + c + 1] = acc[j][0][3];
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    int t, i;
+    if (DiagSlot(tid + r * kThreads1, &t, &i)) {
+      sA[t * as + i] = diag[r][0];
+      sM[t * as + i] = diag[r][1];
+    } else {
+      sM[t * as + t] = diag[r][0];
+      sM[(t + 1) * as + t + 1] = diag[r][1];
+    }
   }
   __syncthreads();
 
@@ -558,7 +611,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
         const int i = tid + u * kThreads1;
-        sZ[(i / kSl) * ss + i % kSl] = Round32<kMath>(chunk_common::Sigmoid(wv[u]) * vv[u]);
+        sZ[(i / kSl) * ss + i % kSl] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
       }
       __syncthreads();
       TimesT<kWarps, kMath, false>(sT, sZ, oU + v0, l.Vp);
