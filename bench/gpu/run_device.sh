@@ -8,6 +8,7 @@
 # (fla-core 0.6.0 + einops wheels) and tests/out/models (tools/gen_model.py
 # --suite tests --out tests/out/models: the machine has no spm_train).
 # Optional: .triton-cache (from an earlier call's $OUT/triton-cache.tar).
+# GPU_TESTS="cuda_kernels_test ..." runs only the named test binaries in mode tests.
 #   bash bench/gpu/run_device.sh [MODE[,MODE...]]   (default all)
 # Modes: tests; bench (engine decode + prefill, both kernel benches); kernel / prefill (the decode / prefill
 # kernel vs fla); engine-decode / engine-prefill (one half of the engine bench); all.
@@ -39,7 +40,7 @@ want() {  # want MODE...: true when any named mode (or all) was asked for
 }
 if want tests; then
   export GDNSERVE_TEST_MODELS=$root/tests/out/models
-  for t in cuda_smoke_test cuda_kernels_test cuda_backend_test; do
+  for t in ${GPU_TESTS:-cuda_smoke_test cuda_kernels_test cuda_backend_test}; do
     timeout 300 build/engine-only/tests/$t > "$out/$t.log" 2>&1
     r=$?
     echo "$t: exit $r; $(grep -E '^\[  (PASSED|FAILED) ' "$out/$t.log" | tr '\n' ' ')"

@@ -236,24 +236,32 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
   const int K = a.K;
   const float neg_a = -expf(a.a_log[hk]);
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
-  // Every load of the thread in flight at once, then the arithmetic.
-  constexpr int kPer = kC * kSl / kThreads;
-  static_assert(kC * kSl % kThreads == 0, "whole rows of the slice a pass");
+  // Every load of the thread in flight at once, then the arithmetic. A
+  // thread's channel is fixed (SliceRows), its rows kRowStep apart.
+  constexpr int kPer = kC * kSl / kThreads, kRowStep = kThreads / kSl;
+  static_assert(kThreads % kSl == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
+  const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
+  const bool ch_ok = c0 + c < K;
+  const int64_t col = static_cast<int64_t>(hk) * K + c0 + c, row = t0 + tr;
+  const float* qp = a.q + row * a.qk_stride + col;
+  const float* kp = a.k + row * a.qk_stride + col;
+  const float* bp = a.b + row * a.b_stride + col;
+  const float* gp = a.g + row * a.g_stride + col;
+  const float dtb = ch_ok ? a.dt_bias[col] : 0.0f;
   float q[kPer], k[kPer], b[kPer], g[kPer];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int i = threadIdx.x + u * kThreads, t = i / kSl, ch = c0 + i % kSl;
-    const bool ok = t < n && ch < K;
-    const int64_t row = t0 + t, col = static_cast<int64_t>(hk) * K + ch;
-    q[u] = ok ? a.q[row * a.qk_stride + col] : 0.0f;
-    k[u] = ok ? a.k[row * a.qk_stride + col] : 0.0f;
-    b[u] = ok ? a.b[row * a.b_stride + col] : 0.0f;
-    g[u] = ok ? a.g[row * a.g_stride + col] + a.dt_bias[col] : 0.0f;
+    const bool ok = ch_ok && tr + u * kRowStep < n;
+    const int64_t rq_off = u * kRowStep * a.qk_stride;
+    q[u] = ok ? qp[rq_off] : 0.0f;
+    k[u] = ok ? kp[rq_off] : 0.0f;
+    b[u] = ok ? bp[u * kRowStep * a.b_stride] : 0.0f;
+    g[u] = ok ? gp[u * kRowStep * a.g_stride] + dtb : 0.0f;
   }
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
-    const int i = threadIdx.x + u * kThreads, t = i / kSl, c = i % kSl;
-    const bool ok = t < n && c0 + c < K;
+    const int t = tr + u * kRowStep;
+    const bool ok = ch_ok && t < n;
     const float kn = k[u] * rk[t];
     sQ[t * ss + c] = q[u] * rq[t];
     sK[t * ss + c] = kn;
@@ -264,21 +272,21 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int 
   // Each sub-chunk's total, then the sums from the chunk's start (a thread per
   // (channel, sub-chunk) both times).
   for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {
-    const int c = i % kSl, s = i / kSl;
+    const int cs = i % kSl, s = i / kSl;
     double acc = 0.0;
-    for (int t = s * kSub; t < (s + 1) * kSub; ++t) acc += sG[t * ss + c];
-    sSum[s * kSl + c] = acc;
+    for (int t = s * kSub; t < (s + 1) * kSub; ++t) acc += sG[t * ss + cs];
+    sSum[s * kSl + cs] = acc;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 4 * kSl; i += kThreads) {
-    const int c = i % kSl, s = i / kSl;
+    const int cs = i % kSl, s = i / kSl;
     double acc = 0.0;
-    for (int r = 0; r < s; ++r) acc += sSum[r * kSl + c];
+    for (int r = 0; r < s; ++r) acc += sSum[r * kSl + cs];
     for (int t = s * kSub; t < (s + 1) * kSub; ++t) {
-      acc += sG[t * ss + c];
+      acc += sG[t * ss + cs];
       const float hi = static_cast<float>(acc);
-      sG[t * ss + c] = hi;
-      sGl[t * ss + c] = static_cast<float>(acc - hi);
+      sG[t * ss + cs] = hi;
+      sGl[t * ss + cs] = static_cast<float>(acc - hi);
     }
   }
   __syncthreads();
@@ -363,6 +371,9 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float* sR = sT + kC * as;  // rq [kC], rk [kC]
   auto* sSum = reinterpret_cast<double*>(sR + 2 * kC);  // 8-byte aligned: every block above is even
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
+  // A thread's channel of a slice and first row; its rows kRowStep apart.
+  constexpr int kRowStep = kThreads1 / kSl;
+  const int sc = tid % kSl, sr = tid / kSl;
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
 
@@ -422,14 +433,17 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
     // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
     // W's place (W = T E~ once T is known).
+    {
+      const float gc = sG[(kC - 1) * ss + sc], gcl = sGl[(kC - 1) * ss + sc];
+      if (sr == 0) oD[c0 + sc] = c0 + sc < K ? chunk_common::Exp2Ftz(gc) : 0.0f;
 #pragma unroll
-    for (int i = tid; i < kC * kSl; i += kThreads1) {
-      const int t = i / kSl, c = i % kSl;
-      const float gt = sG[t * ss + c], gc = sG[(kC - 1) * ss + c], f = chunk_common::Exp2Ftz(gt);
-      oQ[t * Kp + c0 + c] = Round32<kMath>(sQ[t * ss + c] * f);
-      oK[t * Kp + c0 + c] = Round32<kMath>(sK[t * ss + c] * DecayBetween(sG, sGl, (kC - 1) * ss + c, t * ss + c));
-      oW[t * Kp + c0 + c] = sE[t * ss + c] * f;
-      if (t == 0) oD[c0 + c] = c0 + c < K ? chunk_common::Exp2Ftz(gc) : 0.0f;
+      for (int t = sr; t < kC; t += kRowStep) {
+        const int x = t * ss + sc, o = t * Kp + c0 + sc;
+        const float f = chunk_common::Exp2Ftz(sG[x]);
+        oQ[o] = Round32<kMath>(sQ[x] * f);
+        oK[o] = Round32<kMath>(sK[x] * chunk_common::Exp2Ftz((gc - sG[x]) + (gcl - sGl[x])));
+        oW[o] = sE[x] * f;
+      }
     }
     // Diagonal blocks, pairwise (DiagSlot: a thread a pair i < t, or two
     // rows of M's diagonal, in each of two rounds), sums kept in registers
@@ -476,18 +490,21 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     __syncthreads();
     // E' = e e^(G_t - G_r), Q' likewise (rows of sub-chunks 1..3, in place);
     // K'(s)_i = k_i e^(G_r - G_i) for i < 16 s; r = 16 s - 1.
+    // (Rows sr + kRowStep u: a sub-chunk holds whole steps, so s and r
+    // are the unrolled loop's constants.)
+    static_assert(kSub % kRowStep == 0, "a sub-chunk in whole row steps");
 #pragma unroll
-    for (int i = tid; i < 3 * kSub * kSl; i += kThreads1) {
-      const int t = kSub + i / kSl, c = i % kSl, r = t / kSub * kSub - 1;
-      const float f = DecayBetween(sG, sGl, t * ss + c, r * ss + c);
-      sE[t * ss + c] = Round32<kMath>(sE[t * ss + c] * f);
-      sQ[t * ss + c] = Round32<kMath>(sQ[t * ss + c] * f);
+    for (int u = 0; u < 3 * kSub / kRowStep; ++u) {
+      const int t = kSub + sr + u * kRowStep, r = (kSub + u * kRowStep) / kSub * kSub - 1;
+      const float f = DecayBetween(sG, sGl, t * ss + sc, r * ss + sc);
+      sE[t * ss + sc] = Round32<kMath>(sE[t * ss + sc] * f);
+      sQ[t * ss + sc] = Round32<kMath>(sQ[t * ss + sc] * f);
     }
 #pragma unroll
-    for (int i = tid; i < 6 * kSub * kSl; i += kThreads1) {
-      const int row = i / kSl, c = i % kSl;
-      const int s = row < kSub ? 1 : row < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
-      sX[row * ss + c] = Round32<kMath>(sK[t * ss + c] * DecayBetween(sG, sGl, r * ss + c, t * ss + c));
+    for (int u = 0; u < 6 * kSub / kRowStep; ++u) {
+      const int row0 = u * kRowStep, row = row0 + sr;
+      const int s = row0 < kSub ? 1 : row0 < 3 * kSub ? 2 : 3, t = row - KOff(s), r = s * kSub - 1;
+      sX[row * ss + sc] = Round32<kMath>(sK[t * ss + sc] * DecayBetween(sG, sGl, r * ss + sc, t * ss + sc));
     }
     __syncthreads();
 #pragma unroll
@@ -574,18 +591,12 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 
   // Pass 2: W = T E~, E~ read back from W's place (this block wrote it).
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
-    constexpr int kPer = kC * kSl / kThreads1;
+    constexpr int kPer = kC / kRowStep;
     float e[kPer];
 #pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-      const int i = tid + u * kThreads1;
-      e[u] = oW[(i / kSl) * Kp + c0 + i % kSl];
-    }
+    for (int u = 0; u < kPer; ++u) e[u] = oW[(sr + u * kRowStep) * Kp + c0 + sc];
 #pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-      const int i = tid + u * kThreads1;
-      sE[(i / kSl) * ss + i % kSl] = Round32<kMath>(e[u]);
-    }
+    for (int u = 0; u < kPer; ++u) sE[(sr + u * kRowStep) * ss + sc] = Round32<kMath>(e[u]);
     __syncthreads();
     TimesT<kWarps, kMath, true>(sT, sE, oW + c0, Kp);
     __syncthreads();  // E free for the next slice
@@ -598,20 +609,21 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
-      constexpr int kPer = kC * kSl / kThreads1;
+      constexpr int kPer = kC / kRowStep;
+      const bool v_ok = v0 + sc < a.V;
+      const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + sc;
+      const float* wp = a.w + (t0 + sr) * a.w_stride + col;
+      const float* vp = a.v + (t0 + sr) * a.v_stride + col;
       float wv[kPer], vv[kPer];
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
-        const int i = tid + u * kThreads1, t = i / kSl, v = v0 + i % kSl;
-        const bool ok = t < n && v < a.V;
-        const int64_t col = static_cast<int64_t>(hv) * a.V + v;
-        wv[u] = ok ? a.w[(t0 + t) * a.w_stride + col] : 0.0f;
-        vv[u] = ok ? a.v[(t0 + t) * a.v_stride + col] : 0.0f;
+        const bool ok = v_ok && sr + u * kRowStep < n;
+        wv[u] = ok ? wp[u * kRowStep * a.w_stride] : 0.0f;
+        vv[u] = ok ? vp[u * kRowStep * a.v_stride] : 0.0f;
       }
 #pragma unroll
       for (int u = 0; u < kPer; ++u) {
-        const int i = tid + u * kThreads1;
-        sZ[(i / kSl) * ss + i % kSl] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
+        sZ[(sr + u * kRowStep) * ss + sc] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
       }
       __syncthreads();
       TimesT<kWarps, kMath, false>(sT, sZ, oU + v0, l.Vp);
