@@ -73,8 +73,8 @@ __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint3
 // below), so TF32 products (not TF32 x 3, which splits them) take their bits
 // as they are: the same products, fewer instructions in the inner loop.
 template <int NT, bool kTA, bool kTB, ChunkMath kMath, bool kARounded = false, bool kBRounded = false>
-__device__ __forceinline__ void WarpMma(float (&acc)[NT][4], const float* A, int lda, int m0, const float* B,
-                                        int ldb, int n0, int k0, int k1) {
+__device__ __forceinline__ void WarpMma(float (&acc)[NT][4], const float* A, int lda, int m0, const float* B, int ldb,
+                                        int n0, int k0, int k1) {
   constexpr bool kARaw = kARounded && kMath == ChunkMath::kTf32, kBRaw = kBRounded && kMath == ChunkMath::kTf32;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   auto at = [&](int m, int k) { return kTA ? A[k * lda + m] : A[m * lda + k]; };
@@ -224,49 +224,105 @@ struct Smem1 {
   static constexpr size_t Floats() { return (5 * kC + 6 * kSub) * Ss + 3 * kC * As + 2 * kC + 2 * 4 * kSl; }
 };
 
-// A slice [c0, c0 + kSl) of the chunk's inputs: q^, k^ (norm factors rq, rk),
-// e = b * k^, g; then G, G' (inclusive cumulative sums in double, split in
-// two floats; rows n.. the total). Rows n.. and channels K.. zero (G: no
-// decay). Ends with a barrier.
+__device__ __forceinline__ float4 Ld4(const float* base, int64_t i) {
+  return *reinterpret_cast<const float4*>(base + i);
+}
+__device__ __forceinline__ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether the key-side inputs can be read four floats at a time: K and the
+// row strides multiples of 4, the arrays 16-byte aligned (a quad of a row is
+// then wholly inside or wholly past K).
+__device__ __forceinline__ bool KeyInputsVec(const Gdn2RecurrentArgs& a) {
+  return a.K % 4 == 0 && a.qk_stride % 4 == 0 && a.b_stride % 4 == 0 && a.g_stride % 4 == 0 && Aligned16(a.q) &&
+         Aligned16(a.k) && Aligned16(a.b) && Aligned16(a.g) && Aligned16(a.dt_bias);
+}
+
+// LoadKeySlice's element pass with 16-byte loads and stores (KeyInputsVec):
+// a thread a quad of channels in every (kThreads / (kSl / 4))-th row.
 template <int kThreads>
-__device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
-                             const float* rq, const float* rk, float* sQ, float* sK, float* sE, float* sG,
-                             float* sGl, double* sSum) {
-  constexpr int ss = Smem1::Ss;
-  const int K = a.K;
-  const float neg_a = -expf(a.a_log[hk]);
-  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
-  // Every load of the thread in flight at once, then the arithmetic. A
-  // thread's channel is fixed (SliceRows), its rows kRowStep apart.
-  constexpr int kPer = kC * kSl / kThreads, kRowStep = kThreads / kSl;
-  static_assert(kThreads % kSl == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
-  const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
-  const bool ch_ok = c0 + c < K;
-  const int64_t col = static_cast<int64_t>(hk) * K + c0 + c, row = t0 + tr;
-  const float* qp = a.q + row * a.qk_stride + col;
-  const float* kp = a.k + row * a.qk_stride + col;
-  const float* bp = a.b + row * a.b_stride + col;
-  const float* gp = a.g + row * a.g_stride + col;
-  const float dtb = ch_ok ? a.dt_bias[col] : 0.0f;
-  float q[kPer], k[kPer], b[kPer], g[kPer];
+__device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
+                                                float neg_a, float bscale, const float* rq, const float* rk, float* sQ,
+                                                float* sK, float* sE, float* sG) {
+  constexpr int ss = Smem1::Ss, kQuads = kSl / 4, kRowStep = kThreads / kQuads, kPer = kC / kRowStep;
+  static_assert(kThreads % kQuads == 0 && kC % kRowStep == 0, "whole rows of quads a pass");
+  const int c = static_cast<int>(threadIdx.x) % kQuads * 4, tr = static_cast<int>(threadIdx.x) / kQuads;
+  const bool ch_ok = c0 + c < a.K;
+  const int64_t col = static_cast<int64_t>(hk) * a.K + c0 + c, row = t0 + tr;
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  const float4 dtb = ch_ok ? Ld4(a.dt_bias, col) : zero;
+  float4 q[kPer], k[kPer], b[kPer], g[kPer];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
     const bool ok = ch_ok && tr + u * kRowStep < n;
-    const int64_t rq_off = u * kRowStep * a.qk_stride;
-    q[u] = ok ? qp[rq_off] : 0.0f;
-    k[u] = ok ? kp[rq_off] : 0.0f;
-    b[u] = ok ? bp[u * kRowStep * a.b_stride] : 0.0f;
-    g[u] = ok ? gp[u * kRowStep * a.g_stride] + dtb : 0.0f;
+    const int64_t r = row + u * kRowStep;
+    q[u] = ok ? Ld4(a.q, r * a.qk_stride + col) : zero;
+    k[u] = ok ? Ld4(a.k, r * a.qk_stride + col) : zero;
+    b[u] = ok ? Ld4(a.b, r * a.b_stride + col) : zero;
+    g[u] = ok ? Ld4(a.g, r * a.g_stride + col) : zero;
   }
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
     const int t = tr + u * kRowStep;
     const bool ok = ch_ok && t < n;
-    const float kn = k[u] * rk[t];
-    sQ[t * ss + c] = q[u] * rq[t];
-    sK[t * ss + c] = kn;
-    sE[t * ss + c] = ok ? chunk_common::SigmoidFtz(b[u]) * bscale * kn : 0.0f;
-    sG[t * ss + c] = ok ? neg_a * chunk_common::SoftplusLog2(g[u]) : 0.0f;
+    const float fq = rq[t], fk = rk[t];
+    auto e = [&](float bv, float kn) { return ok ? chunk_common::SigmoidFtz(bv) * bscale * kn : 0.0f; };
+    auto gl = [&](float gv, float d) { return ok ? neg_a * chunk_common::SoftplusLog2(gv + d) : 0.0f; };
+    const float4 kn = make_float4(k[u].x * fk, k[u].y * fk, k[u].z * fk, k[u].w * fk);
+    *reinterpret_cast<float4*>(&sQ[t * ss + c]) = make_float4(q[u].x * fq, q[u].y * fq, q[u].z * fq, q[u].w * fq);
+    *reinterpret_cast<float4*>(&sK[t * ss + c]) = kn;
+    *reinterpret_cast<float4*>(&sE[t * ss + c]) =
+        make_float4(e(b[u].x, kn.x), e(b[u].y, kn.y), e(b[u].z, kn.z), e(b[u].w, kn.w));
+    *reinterpret_cast<float4*>(&sG[t * ss + c]) =
+        make_float4(gl(g[u].x, dtb.x), gl(g[u].y, dtb.y), gl(g[u].z, dtb.z), gl(g[u].w, dtb.w));
+  }
+}
+
+// A slice [c0, c0 + kSl) of the chunk's inputs: q^, k^ (norm factors rq, rk),
+// e = b * k^, g; then G, G' (inclusive cumulative sums in double, split in
+// two floats; rows n.. the total). Rows n.. and channels K.. zero (G: no
+// decay). Ends with a barrier.
+template <int kThreads>
+__device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, int n, int hk, int c0, const float* rq,
+                             const float* rk, float* sQ, float* sK, float* sE, float* sG, float* sGl, double* sSum) {
+  constexpr int ss = Smem1::Ss;
+  const int K = a.K;
+  const float neg_a = -expf(a.a_log[hk]);
+  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
+  if (vec) {
+    LoadKeySliceVec<kThreads>(a, t0, n, hk, c0, neg_a, bscale, rq, rk, sQ, sK, sE, sG);
+  } else {
+    // Every load of the thread in flight at once, then the arithmetic. A
+    // thread's channel is fixed (SliceRows), its rows kRowStep apart.
+    constexpr int kPer = kC * kSl / kThreads, kRowStep = kThreads / kSl;
+    static_assert(kThreads % kSl == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
+    const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
+    const bool ch_ok = c0 + c < K;
+    const int64_t col = static_cast<int64_t>(hk) * K + c0 + c, row = t0 + tr;
+    const float* qp = a.q + row * a.qk_stride + col;
+    const float* kp = a.k + row * a.qk_stride + col;
+    const float* bp = a.b + row * a.b_stride + col;
+    const float* gp = a.g + row * a.g_stride + col;
+    const float dtb = ch_ok ? a.dt_bias[col] : 0.0f;
+    float q[kPer], k[kPer], b[kPer], g[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const bool ok = ch_ok && tr + u * kRowStep < n;
+      const int64_t rq_off = u * kRowStep * a.qk_stride;
+      q[u] = ok ? qp[rq_off] : 0.0f;
+      k[u] = ok ? kp[rq_off] : 0.0f;
+      b[u] = ok ? bp[u * kRowStep * a.b_stride] : 0.0f;
+      g[u] = ok ? gp[u * kRowStep * a.g_stride] + dtb : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int t = tr + u * kRowStep;
+      const bool ok = ch_ok && t < n;
+      const float kn = k[u] * rk[t];
+      sQ[t * ss + c] = q[u] * rq[t];
+      sK[t * ss + c] = kn;
+      sE[t * ss + c] = ok ? chunk_common::SigmoidFtz(b[u]) * bscale * kn : 0.0f;
+      sG[t * ss + c] = ok ? neg_a * chunk_common::SoftplusLog2(g[u]) : 0.0f;
+    }
   }
   __syncthreads();
   // Each sub-chunk's total, then the sums from the chunk's start (a thread per
@@ -320,8 +376,6 @@ __device__ __forceinline__ bool DiagSlot(int slot, int* t, int* i) {
   return true;
 }
 
-__device__ __forceinline__ float4 Ld4(const float* base, int i) { return *reinterpret_cast<const float4*>(base + i); }
-
 // Off-diagonal tiles of A and M (16 x 8 each): 12 per matrix, sub-chunk row
 // s = 1 (2 tiles), 2 (4), 3 (6). K'(s) rows start at KOff(s) in the K' block.
 __device__ __forceinline__ int KOff(int s) { return s == 1 ? 0 : s == 2 ? kSub : 3 * kSub; }
@@ -368,7 +422,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float* sA = sX + 6 * kSub * ss;
   float* sM = sA + kC * as;
   float* sT = sM + kC * as;
-  float* sR = sT + kC * as;  // rq [kC], rk [kC]
+  float* sR = sT + kC * as;                             // rq [kC], rk [kC]
   auto* sSum = reinterpret_cast<double*>(sR + 2 * kC);  // 8-byte aligned: every block above is even
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
   // A thread's channel of a slice and first row; its rows kRowStep apart.
@@ -379,6 +433,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 
   // Pass 0: norm factors, a warp per token, four tokens' loads in flight at
   // once; A and M zero.
+  const bool vec = KeyInputsVec(a);
   static_assert(kC % (4 * kWarps) == 0, "rows in batches of four a warp");
   for (int r0 = 0; r0 < kC / kWarps; r0 += 4) {
     float qv[4][kMaxK / 32], kv[4][kMaxK / 32];
@@ -386,6 +441,15 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     for (int r = 0; r < 4; ++r) {
       const int t = warp + (r0 + r) * kWarps;
       const int64_t base = (t0 + t) * a.qk_stride + static_cast<int64_t>(hk) * K;
+      static_assert(kMaxK / 32 == 4, "a lane's channels are one quad when read four at a time");
+      if (vec) {  // lane: channels [4 lane, 4 lane + 4)
+        const bool ok = t < n && 4 * lane < K;
+        const float4 x = ok ? Ld4(a.q, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 y = ok ? Ld4(a.k, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        qv[r][0] = x.x, qv[r][1] = x.y, qv[r][2] = x.z, qv[r][3] = x.w;
+        kv[r][0] = y.x, kv[r][1] = y.y, kv[r][2] = y.z, kv[r][3] = y.w;
+        continue;
+      }
 #pragma unroll
       for (int j = 0; j < kMaxK / 32; ++j) {
         const int c = lane + 32 * j;
@@ -430,7 +494,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float diag[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // the diagonal blocks' sums (DiagSlot)
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
-    LoadKeySlice<kThreads1>(a, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
+    LoadKeySlice<kThreads1>(a, vec, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
     // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
     // W's place (W = T E~ once T is known).
     {
@@ -606,24 +670,47 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   // (Z in Q's space).
   const int group = a.HV / a.H;
   float* sZ = sQ;
+  const bool vvec = a.V % 4 == 0 && a.w_stride % 4 == 0 && a.v_stride % 4 == 0 && Aligned16(a.w) && Aligned16(a.v);
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
-      constexpr int kPer = kC / kRowStep;
-      const bool v_ok = v0 + sc < a.V;
-      const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + sc;
-      const float* wp = a.w + (t0 + sr) * a.w_stride + col;
-      const float* vp = a.v + (t0 + sr) * a.v_stride + col;
-      float wv[kPer], vv[kPer];
+      if (vvec) {  // a thread a quad of columns in every 32nd row
+        constexpr int kQuads = kSl / 4, kStep4 = kThreads1 / kQuads, kPer4 = kC / kStep4;
+        const int c = tid % kQuads * 4, tr = tid / kQuads;
+        const bool v_ok = v0 + c < a.V;
+        const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + c;
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float4 wv[kPer4], vv[kPer4];
 #pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        const bool ok = v_ok && sr + u * kRowStep < n;
-        wv[u] = ok ? wp[u * kRowStep * a.w_stride] : 0.0f;
-        vv[u] = ok ? vp[u * kRowStep * a.v_stride] : 0.0f;
-      }
+        for (int u = 0; u < kPer4; ++u) {
+          const bool ok = v_ok && tr + u * kStep4 < n;
+          const int64_t r = t0 + tr + u * kStep4;
+          wv[u] = ok ? Ld4(a.w, r * a.w_stride + col) : zero;
+          vv[u] = ok ? Ld4(a.v, r * a.v_stride + col) : zero;
+        }
 #pragma unroll
-      for (int u = 0; u < kPer; ++u) {
-        sZ[(sr + u * kRowStep) * ss + sc] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
+        for (int u = 0; u < kPer4; ++u) {
+          auto z = [](float w, float v) { return Round32<kMath>(chunk_common::SigmoidFtz(w) * v); };
+          *reinterpret_cast<float4*>(&sZ[(tr + u * kStep4) * ss + c]) =
+              make_float4(z(wv[u].x, vv[u].x), z(wv[u].y, vv[u].y), z(wv[u].z, vv[u].z), z(wv[u].w, vv[u].w));
+        }
+      } else {
+        constexpr int kPer = kC / kRowStep;
+        const bool v_ok = v0 + sc < a.V;
+        const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + sc;
+        const float* wp = a.w + (t0 + sr) * a.w_stride + col;
+        const float* vp = a.v + (t0 + sr) * a.v_stride + col;
+        float wv[kPer], vv[kPer];
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) {
+          const bool ok = v_ok && sr + u * kRowStep < n;
+          wv[u] = ok ? wp[u * kRowStep * a.w_stride] : 0.0f;
+          vv[u] = ok ? vp[u * kRowStep * a.v_stride] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kPer; ++u) {
+          sZ[(sr + u * kRowStep) * ss + sc] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
+        }
       }
       __syncthreads();
       TimesT<kWarps, kMath, false>(sT, sZ, oU + v0, l.Vp);
@@ -673,7 +760,8 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
   auto load_a = [&](int chunk) {
     const float* in = key_in(chunk);
     if (lane < Kp / 4) {  // a warp a row, a lane 4 floats (Kp <= 128)
-      for (int r = warp; r < 2 * kC; r += kThreads2 / 32) CpAsync16(&sWQ[r * ks + 4 * lane], in + r * Kp + 4 * lane, true);
+      for (int r = warp; r < 2 * kC; r += kThreads2 / 32)
+        CpAsync16(&sWQ[r * ks + 4 * lane], in + r * Kp + 4 * lane, true);
     }
     const float* u = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int i = tid; i < kC * (kTV / 4); i += kThreads2) {
@@ -803,11 +891,16 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
   auto fits = [&](size_t floats) { return floats * sizeof(float) <= optin; };
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;
   switch (a.value_tile) {
-    case 0: break;
-    case 16: return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
-    case 32: return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
-    case 64: return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
-    default: return cudaErrorInvalidValue;
+    case 0:
+      break;
+    case 16:
+      return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
+    case 32:
+      return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
+    case 64:
+      return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
   if (heads * ((a.V + 63) / 64) >= sms && fits(Smem2<64>::Floats(l.Kp))) {
     return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
@@ -838,8 +931,7 @@ cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& a, ChunkMath math, void* work
   const int blocks_z = a.piece_list ? a.num_listed : a.pieces.num_pieces;
   if (blocks_z == 0) return cudaSuccess;
   if (a.H <= 0 || a.HV < a.H || a.HV % a.H != 0 || a.V <= 0 || a.K < 1 || a.K > kMaxK || blocks_z > 65535 ||
-      a.HV > 65535 ||
-      a.H > 65535) {
+      a.HV > 65535 || a.H > 65535) {
     return cudaErrorInvalidValue;
   }
   const Layout l = MakeLayout(a.pieces.num_tokens, a.pieces.num_pieces, a.H, a.HV, a.K, a.V);
