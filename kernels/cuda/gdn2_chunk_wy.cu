@@ -216,7 +216,8 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 //     pair, sums in registers); the blocks below on tensor cores as
 //     (e_t e^(G_t - G_r)) . (k_i e^(G_r - G_i)), r the last token before the
 //     row's sub-chunk (accumulators kept in registers).
-//   T = (I + A)^-1 by blocked forward substitution, float32; M out.
+//   T = (I + A)^-1 by blocked forward substitution, float32 (the diagonal
+//     blocks on CUDA cores, the blocks below as TF32 x 3 products); M out.
 //   Pass 2, per slice: W = T E~ (E~ read back).
 //   U = T Z per value head, kSl value columns at a time.
 struct Smem1 {
@@ -625,22 +626,30 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
     if (j / kSub > t / kSub) sT[t * as + j] = 0.0f;
   }
   __syncthreads();
-  // Blocks below: T[s][b] = -T[s][s] sum_{c=b}^{s-1} A[s][c] T[c][b], row
-  // block by row block; X [kSub][xs] in the K' space (free now).
+  // Blocks below, row block by row block: X = A[s][0, 16 s) T[0, 16 s)[0, 16 s)
+  // (T's blocks above the diagonal are zero), then T[s][0, 16 s) = -T[s][s] X;
+  // a warp an 8-column tile of the 16 s columns, both products on tensor
+  // cores in float32 accuracy (TF32 x 3), the warp's X tile in the K' space
+  // (free now).
   constexpr int xs = 3 * kSub + 4;
+  static_assert(2 * 3 <= kWarps, "a warp a tile of the widest row block");
   for (int s = 1; s < 4; ++s) {
-    for (int i = tid; i < s * kSub * kSub; i += kThreads1) {
-      const int b = i / (kSub * kSub), t = i / kSub % kSub, j = i % kSub;
-      float x = 0.0f;
-      for (int c = b * kSub; c < s * kSub; ++c) x += sA[(s * kSub + t) * as + c] * sT[c * as + b * kSub + j];
-      sX[t * xs + b * kSub + j] = x;
-    }
-    __syncthreads();
-    for (int i = tid; i < s * kSub * kSub; i += kThreads1) {
-      const int b = i / (kSub * kSub), t = i / kSub % kSub, j = i % kSub;
-      float v = 0.0f;
-      for (int c = 0; c <= t; ++c) v -= sT[(s * kSub + t) * as + s * kSub + c] * sX[c * xs + b * kSub + j];
-      sT[(s * kSub + t) * as + b * kSub + j] = v;
+    if (warp < 2 * s) {
+      const int n0 = 8 * warp, c = n0 + 2 * tq;
+      float x[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+      WarpMma<1, false, false, ChunkMath::kTf32x3>(x, sA, as, s * kSub, sT, as, n0, 0, s * kSub);
+      sX[g * xs + c] = x[0][0];
+      sX[g * xs + c + 1] = x[0][1];
+      sX[(g + 8) * xs + c] = x[0][2];
+      sX[(g + 8) * xs + c + 1] = x[0][3];
+      __syncwarp();
+      float y[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+      WarpMma<1, false, false, ChunkMath::kTf32x3>(y, sT + s * kSub, as, s * kSub, sX, xs, n0, 0, kSub);
+      const int r = s * kSub + g;
+      sT[r * as + c] = -y[0][0];
+      sT[r * as + c + 1] = -y[0][1];
+      sT[(r + 8) * as + c] = -y[0][2];
+      sT[(r + 8) * as + c + 1] = -y[0][3];
     }
     __syncthreads();
   }
