@@ -60,7 +60,7 @@ if want bench kernel; then
     --batches 1,4,16,64,256 --json "$out/decode_kernel.json" 2>&1 | tee "$out/decode_kernel.log"
 fi
 if want bench prefill; then
-  timeout 240 python3 -u bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
+  timeout 420 python3 -u bench/gpu/prefill_kernel_bench.py --lib build/engine-only/kernels/cuda/libgdn_cuda_capi.so \
     --impls "${PREFILL_IMPLS:-all}" --json "$out/prefill_kernel.json" 2>&1 | tee "$out/prefill_kernel.log"
 fi
 if [[ -n "$(ls -A "$TRITON_CACHE_DIR" 2>/dev/null)" ]]; then
