@@ -134,14 +134,17 @@ using Gdn2Kernel = cudaError_t (*)(const cuda::Gdn2RecurrentArgs&, cudaStream_t)
 // outputs and final states, float32 throughout; every piece, or a listed
 // subset (the others' slots must stay untouched).
 // aligned: slots at 16-byte boundaries (the backend's layout for K % 4 == 0,
-// which takes the kernels' vector state path); else offset by odd amounts.
+// which takes the kernels' vector state path) and q/k rows padded to a
+// multiple of 4 (the chunk kernel's 4-element loads where K and V allow);
+// else offset by odd amounts.
 // heavy_runs: in each piece, tokens [5, 53) of every 64 saturate the decay (log
 // decay about -100 each) and the others barely decay (about -0.1): nearby light
 // tokens after a heavy run have large, nearly equal cumulative decays.
 void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const std::vector<int>& lengths,
                      bool use_list, std::mt19937_64& rng, bool aligned = false, int rows_per_warp = 0,
-                     double tol = 1e-4, bool bf16_inputs = false, bool heavy_runs = false) {
+                     double tol = 1e-4, bool bf16_inputs = false, bool heavy_runs = false, bool bf16_io = false) {
   // bf16 inputs: every input rounded to bf16 first (the kernel and its twin see the same values).
+  // bf16_io: also handed to the kernel as bf16, its output bf16 (Gdn2RecurrentArgs::io).
   auto Normal = [&](size_t n, float scale = 1.0f, float mean = 0.0f) {
     std::normal_distribution<float> d(mean, scale);
     std::vector<float> v(n);
@@ -158,7 +161,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         const std::vector<int> slots = ScatteredSlots(P, num_slots, rng);
         Batch b(lengths, slots);
         const int64_t T = b.T, key_dim = sh.H * sh.K, value_dim = sh.HV * sh.V;
-        const int64_t qk_stride = 2 * key_dim + 3;  // padded rows, like the packed qkv buffer
+        const int64_t qk_stride = 2 * key_dim + (aligned ? 4 : 3);  // padded rows, like the packed qkv buffer
         std::vector<float> qk = Normal(T * qk_stride);
         std::vector<float> v = Normal(T * value_dim);
         std::vector<float> g = Normal(T * key_dim, extreme ? 4.0f : 1.0f);
@@ -180,7 +183,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
             }
           }
         }
-        if (bf16_inputs) {
+        if (bf16_inputs || bf16_io) {
           for (auto* x : {&qk, &v, &g, &bb, &w}) RoundBf16(*x);
         }
         // Slot pool: recurrent states of one layer at offset 5 of a padded slot.
@@ -192,6 +195,9 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         cuda::Gdn2RecurrentArgs a;
         Dev<float> d_qk(qk), d_v(v), d_g(g), d_b(bb), d_w(w), d_alog(a_log), d_dtb(dt_bias), d_pool(pool);
         Dev<float> d_out(T * value_dim);
+        auto bits = [&](const std::vector<float>& x) { return bf16_io ? Bf16Bits(x) : std::vector<uint16_t>{}; };
+        Dev<uint16_t> h_qk(bits(qk)), h_v(bits(v)), h_g(bits(g)), h_b(bits(bb)), h_w(bits(w));
+        Dev<uint16_t> h_out(bf16_io ? T * value_dim : 0);
         DevBatch db(b);
         a.q = d_qk.get();
         a.k = d_qk.get() + key_dim;
@@ -218,6 +224,17 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         a.out_stride = value_dim;
         a.max_len = *std::max_element(lengths.begin(), lengths.end());
         a.rows_per_warp = rows_per_warp;
+        if (bf16_io) {  // the same fields, pointing at bf16 arrays
+          auto as_f = [](const uint16_t* p) { return reinterpret_cast<const float*>(p); };
+          a.io = cuda::DType::kBF16;
+          a.q = as_f(h_qk.get());
+          a.k = as_f(h_qk.get() + key_dim);
+          a.v = as_f(h_v.get());
+          a.g = as_f(h_g.get());
+          a.b = as_f(h_b.get());
+          a.w = as_f(h_w.get());
+          a.out = reinterpret_cast<float*>(h_out.get());
+        }
         // With a list: every other piece, in reverse order.
         std::vector<int32_t> list;
         for (int p = P - 1; p >= 0; p -= 2) list.push_back(p);
@@ -255,6 +272,10 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
           }
         }
         std::vector<float> got_out = d_out.host();
+        if (bf16_io) {
+          const std::vector<uint16_t> o = h_out.host();
+          for (size_t i = 0; i < o.size(); ++i) got_out[i] = FromBf16Bits(o[i]);
+        }
         if (use_list) {  // rows of unlisted pieces are not written: compare listed rows only
           for (int p = 0; p < P; ++p) {
             if (std::find(list.begin(), list.end(), p) != list.end()) continue;
@@ -359,6 +380,19 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
   }
   // V not a multiple of 4.
   CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3>, {{1, 2, 64, 30}}, {65, 1, 130}, false, rng_);
+  // bf16 inputs and output (Gdn2RecurrentArgs::io), within issue 6's 2e-3 with
+  // the output's rounding: 4-element loads (aligned, K and V multiples of 4)
+  // and single ones (K 30, V 30, odd strides), saturated runs, a piece list.
+  for (const bool tf32 : {false, true}) {
+    SCOPED_TRACE(tf32 ? "bf16 io, tf32" : "bf16 io, 3 x tf32");
+    const auto kernel = tf32 ? ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32>
+                             : ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3>;
+    CheckGdn2Kernel(kernel, {{4, 4, 128, 128}, {2, 2, 48, 40}}, {1, 17, 64, 65, 200}, false, rng_, true, 0, 2e-3,
+                    true, false, true);
+    CheckGdn2Kernel(kernel, {{2, 2, 30, 30}, {2, 4, 64, 32}}, {1, 17, 65, 130}, true, rng_, false, 0, 2e-3, true,
+                    false, true);
+    CheckGdn2Kernel(kernel, {{2, 2, 128, 64}}, {64, 200, 17, 130}, false, rng_, true, 0, 2e-3, true, true, true);
+  }
   // The wider state tiles (the pick takes them for many sequences), V not a
   // multiple of them; TF32 x 3 and TF32.
   for (const std::vector<Shape>& sh : {std::vector<Shape>{{2, 2, 128, 128}}, std::vector<Shape>{{1, 2, 64, 72}}}) {
@@ -371,6 +405,19 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
     CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32, 64>, sh, {65, 1, 130}, true, rng_, true, 0, 2e-3,
                     true, true);
   }
+}
+
+// Only the tensor-core chunk kernel takes bf16 inputs; the other two say so
+// rather than read bf16 as float32.
+TEST_F(CudaKernelTest, OnlyChunkedWYTakesBf16Io) {
+  SKIP_WITHOUT_GPU();
+  cuda::Gdn2RecurrentArgs a;
+  a.io = cuda::DType::kBF16;
+  a.H = a.HV = 1;
+  a.K = a.V = 16;
+  a.pieces.num_pieces = 1;
+  EXPECT_EQ(cuda::Gdn2Recurrent(a, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::Gdn2Chunked(a, nullptr), cudaErrorInvalidValue);
 }
 
 TEST_F(CudaKernelTest, ConvSiluAndStateMatchCpu) {

@@ -8,7 +8,8 @@ slots, raw gate inputs (gates, q/k L2 norms in the kernels), float32 inputs
 and outputs (what the engine passes; ours take float32). Timed (median of
 CUDA-event timings after a warm-up): ours token by token (Gdn2Recurrent), our
 one-pass float32 chunkwise kernel (Gdn2Chunked), our tensor-core chunkwise
-kernel (Gdn2ChunkedWY) in TF32 and in split TF32 x 3, fla-core 0.6.0
+kernel (Gdn2ChunkedWY) in TF32 and in split TF32 x 3 (and in TF32 on the
+inputs rounded to bf16, bf16 output), fla-core 0.6.0
 `chunk_gdn2` (Triton) on the same float32 inputs and on bf16 inputs, and
 fla's pure-PyTorch `naive_chunk_gdn2` (gates and norms applied first in
 PyTorch) as the floor-of-effort baseline: it materialises C x C x K decay
@@ -49,7 +50,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impls", default="all",
                     help="all, or a comma list of: recurrent, onepass, tc, tc3, tile16, tile32, tile64 (tc with that "
-                         "value tile), fla, naive")
+                         "value tile), tcbf16 (tc on bf16 inputs and output), fla, naive")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     impls = set(args.impls.split(","))
@@ -61,7 +62,7 @@ def main() -> int:
     fn = lib.gdn2_cuda_prefill
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     fn.argtypes = [I32, P, P, I64, P, I64, P, I64, P, I64, P, I64, P, P, F32, I32, I32, I32, I32, P, I64, P, P, I32,
-                   I64, P, I64, P, I64, P, I32]
+                   I64, P, I64, P, I64, P, I32, I32]
     fn.restype = ctypes.c_int
     wsb = lib.gdn2_cuda_chunked_wy_workspace_bytes
     wsb.argtypes = [I64, I32, I32, I32, I32, I32]
@@ -111,16 +112,18 @@ def main() -> int:
         results = {}
         outs = {}
 
-        def ours(kernel: int, tile: int = 0):
+        def ours(kernel: int, tile: int = 0, bf16: bool = False):
             pool = torch.zeros(N, HV, V, K, device=dev)
-            out = torch.empty(T, HV, V, device=dev)
+            dtype = torch.bfloat16 if bf16 else torch.float32
+            out = torch.empty(T, HV, V, device=dev, dtype=dtype)
+            xq, xk, xv, xg, xb, xw = (x.to(dtype) for x in (q, k, v, g, b_raw, w_raw))
 
             def run():
                 pool.zero_()
-                rc = fn(kernel, q.data_ptr(), k.data_ptr(), H * K, v.data_ptr(), HV * V, g.data_ptr(), H * K,
-                        b_raw.data_ptr(), H * K, w_raw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(),
+                rc = fn(kernel, xq.data_ptr(), xk.data_ptr(), H * K, xv.data_ptr(), HV * V, xg.data_ptr(), H * K,
+                        xb.data_ptr(), H * K, xw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(),
                         scale, H, HV, K, V, pool.data_ptr(), HV * V * K, start.data_ptr(), slots.data_ptr(), N, T,
-                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream, tile)
+                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream, tile, int(bf16))
                 if rc != 0:
                     raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
             return run, out, pool
@@ -128,15 +131,16 @@ def main() -> int:
         variants = [("ours token-by-token", 0, 0, "recurrent"), ("ours chunk (one pass)", 1, 0, "onepass"),
                     ("ours chunk TC (tf32)", 2, 0, "tc"), ("ours chunk TC (3xtf32)", 3, 0, "tc3")]
         variants += [(f"ours chunk TC (tf32, tile {v})", 2, v, f"tile{v}") for v in (16, 32, 64)]
-        for name, kernel, tile, key in variants:
+        variants = [x + (False,) for x in variants] + [("ours chunk TC (tf32, bf16 io)", 2, 0, "tcbf16", True)]
+        for name, kernel, tile, key, bf16 in variants:
             if not want(key) or (tile and "all" in impls):
                 continue
-            run, out, pool = ours(kernel, tile)
+            run, out, pool = ours(kernel, tile, bf16)
             try:
                 results[name] = timed(run, args.reps if kernel else 1)
                 run()
                 torch.cuda.synchronize()
-                outs[name] = (out.clone(), pool.clone())
+                outs[name] = (out.float(), pool.clone())
             except RuntimeError as e:
                 print(f"{shape} {name}: {e}", file=sys.stderr)
         bg, wg = torch.sigmoid(b_raw), torch.sigmoid(w_raw)

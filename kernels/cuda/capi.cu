@@ -70,18 +70,22 @@ extern "C" int gdn2_cuda_recurrent(const float* q, const float* k, int64_t qk_st
 // Prefill: kernel 0 token by token (Gdn2Recurrent), 1 the one-pass chunkwise
 // kernel (Gdn2Chunked), 2 / 3 the tensor-core one (Gdn2ChunkedWY) in TF32 /
 // split TF32 x 3, with `workspace` of gdn2_cuda_chunked_wy_workspace_bytes
-// and `value_tile` (Gdn2RecurrentArgs::value_tile; 0 picks).
+// and `value_tile` (Gdn2RecurrentArgs::value_tile; 0 picks). bf16_io != 0:
+// q, k, v, g, b, w and out hold bf16 (Gdn2RecurrentArgs::io; kernels 2 and 3
+// only, the others return cudaErrorInvalidValue).
 extern "C" int gdn2_cuda_prefill(int kernel, const float* q, const float* k, int64_t qk_stride, const float* v,
                                  int64_t v_stride, const float* g, int64_t g_stride, const float* b,
                                  int64_t b_stride, const float* w, int64_t w_stride, const float* a_log,
                                  const float* dt_bias, float scale, int H, int HV, int K, int V, float* state,
                                  int64_t slot_stride, const int32_t* piece_start, const int32_t* piece_slot,
                                  int num_pieces, int64_t num_tokens, float* out, int64_t out_stride,
-                                 void* workspace, int64_t workspace_bytes, void* stream, int value_tile) {
+                                 void* workspace, int64_t workspace_bytes, void* stream, int value_tile,
+                                 int bf16_io) {
   gdnserve::cuda::Gdn2RecurrentArgs a =
       Args(q, k, qk_stride, v, v_stride, g, g_stride, b, b_stride, w, w_stride, a_log, dt_bias, scale, H, HV, K, V,
            state, slot_stride, piece_start, piece_slot, num_pieces, num_tokens, out, out_stride);
   a.value_tile = value_tile;
+  a.io = bf16_io ? gdnserve::cuda::DType::kBF16 : gdnserve::cuda::DType::kF32;
   const auto s = static_cast<cudaStream_t>(stream);
   switch (kernel) {
     case 0: return static_cast<int>(gdnserve::cuda::Gdn2Recurrent(a, s));

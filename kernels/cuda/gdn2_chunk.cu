@@ -294,7 +294,8 @@ bool Gdn2ChunkSupported(int K) {
 cudaError_t Gdn2Chunked(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   const int blocks_z = a.piece_list ? a.num_listed : a.pieces.num_pieces;
   if (blocks_z == 0) return cudaSuccess;
-  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || a.K < 1 || a.K > kMaxK || blocks_z > 65535 || a.HV > 65535) {
+  if (a.io != DType::kF32 || a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || a.K < 1 || a.K > kMaxK || blocks_z > 65535 ||
+      a.HV > 65535) {
     return cudaErrorInvalidValue;
   }
   const size_t bytes = Smem::Floats(a.K) * sizeof(float);

@@ -31,7 +31,15 @@
 // Q~, K^, M, N; phase 1's scaled key rows, T and the slices T multiplies), so
 // the inner loops convert only phase 2's state: the same products as
 // rounding at every load.
+//
+// The op's inputs (q, k, v, g, b, w) and output are float32 or bf16
+// (Gdn2RecurrentArgs::io: the Io / In / Out template parameters), read into
+// float32 where they are loaded and rounded where the output is stored; the
+// workspace and the state are float32 either way.
+#include <cuda_bf16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/gdn2_chunk_common.cuh"
 #include "kernels/cuda/ops.h"
@@ -230,17 +238,53 @@ __device__ __forceinline__ float4 Ld4(const float* base, int64_t i) {
 }
 __device__ __forceinline__ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The op's inputs and output as stored (Gdn2RecurrentArgs::io: T float or
+// __nv_bfloat16), element i of an array whose pointer is typed float.
+template <typename T>
+__device__ __forceinline__ float LoadIo(const float* p, int64_t i) {
+  if constexpr (std::is_same_v<T, float>) {
+    return p[i];
+  } else {
+    return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(p)[i]);
+  }
+}
+// Elements i .. i + 3 (IoAligned arrays, i a multiple of 4).
+template <typename T>
+__device__ __forceinline__ float4 LoadIo4(const float* p, int64_t i) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Ld4(p, i);
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const __nv_bfloat16*>(p) + i);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
+}
+template <typename T>
+__device__ __forceinline__ void StoreIo(float* p, int64_t i, float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    p[i] = v;
+  } else {
+    reinterpret_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ bool IoAligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+}
+
 // Whether the key-side inputs can be read four floats at a time: K and the
 // row strides multiples of 4, the arrays 16-byte aligned (a quad of a row is
 // then wholly inside or wholly past K).
+template <typename In>
 __device__ __forceinline__ bool KeyInputsVec(const Gdn2RecurrentArgs& a) {
-  return a.K % 4 == 0 && a.qk_stride % 4 == 0 && a.b_stride % 4 == 0 && a.g_stride % 4 == 0 && Aligned16(a.q) &&
-         Aligned16(a.k) && Aligned16(a.b) && Aligned16(a.g) && Aligned16(a.dt_bias);
+  return a.K % 4 == 0 && a.qk_stride % 4 == 0 && a.b_stride % 4 == 0 && a.g_stride % 4 == 0 && IoAligned<In>(a.q) &&
+         IoAligned<In>(a.k) && IoAligned<In>(a.b) && IoAligned<In>(a.g) && Aligned16(a.dt_bias);
 }
 
 // LoadKeySlice's element pass with 16-byte loads and stores (KeyInputsVec):
 // a thread a quad of channels in every (kThreads / (kSl / 4))-th row.
-template <int kThreads>
+template <int kThreads, typename In>
 __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
                                                 float neg_a, float bscale, const float* rq, const float* rk, float* sQ,
                                                 float* sK, float* sE, float* sG) {
@@ -256,10 +300,10 @@ __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int6
   for (int u = 0; u < kPer; ++u) {
     const bool ok = ch_ok && tr + u * kRowStep < n;
     const int64_t r = row + u * kRowStep;
-    q[u] = ok ? Ld4(a.q, r * a.qk_stride + col) : zero;
-    k[u] = ok ? Ld4(a.k, r * a.qk_stride + col) : zero;
-    b[u] = ok ? Ld4(a.b, r * a.b_stride + col) : zero;
-    g[u] = ok ? Ld4(a.g, r * a.g_stride + col) : zero;
+    q[u] = ok ? LoadIo4<In>(a.q, r * a.qk_stride + col) : zero;
+    k[u] = ok ? LoadIo4<In>(a.k, r * a.qk_stride + col) : zero;
+    b[u] = ok ? LoadIo4<In>(a.b, r * a.b_stride + col) : zero;
+    g[u] = ok ? LoadIo4<In>(a.g, r * a.g_stride + col) : zero;
   }
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
@@ -282,7 +326,7 @@ __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int6
 // e = b * k^, g; then G, G' (inclusive cumulative sums in double, split in
 // two floats; rows n.. the total). Rows n.. and channels K.. zero (G: no
 // decay). Ends with a barrier.
-template <int kThreads>
+template <int kThreads, typename In>
 __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, int n, int hk, int c0, const float* rq,
                              const float* rk, float* sQ, float* sK, float* sE, float* sG, float* sGl, double* sSum) {
   constexpr int ss = Smem1::Ss;
@@ -290,7 +334,7 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
   const float neg_a = -expf(a.a_log[hk]);
   const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
   if (vec) {
-    LoadKeySliceVec<kThreads>(a, t0, n, hk, c0, neg_a, bscale, rq, rk, sQ, sK, sE, sG);
+    LoadKeySliceVec<kThreads, In>(a, t0, n, hk, c0, neg_a, bscale, rq, rk, sQ, sK, sE, sG);
   } else {
     // Every load of the thread in flight at once, then the arithmetic. A
     // thread's channel is fixed (SliceRows), its rows kRowStep apart.
@@ -299,20 +343,17 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
     const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
     const bool ch_ok = c0 + c < K;
     const int64_t col = static_cast<int64_t>(hk) * K + c0 + c, row = t0 + tr;
-    const float* qp = a.q + row * a.qk_stride + col;
-    const float* kp = a.k + row * a.qk_stride + col;
-    const float* bp = a.b + row * a.b_stride + col;
-    const float* gp = a.g + row * a.g_stride + col;
+    const int64_t qi = row * a.qk_stride + col, bi = row * a.b_stride + col, gi = row * a.g_stride + col;
     const float dtb = ch_ok ? a.dt_bias[col] : 0.0f;
     float q[kPer], k[kPer], b[kPer], g[kPer];
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
       const bool ok = ch_ok && tr + u * kRowStep < n;
       const int64_t rq_off = u * kRowStep * a.qk_stride;
-      q[u] = ok ? qp[rq_off] : 0.0f;
-      k[u] = ok ? kp[rq_off] : 0.0f;
-      b[u] = ok ? bp[u * kRowStep * a.b_stride] : 0.0f;
-      g[u] = ok ? gp[u * kRowStep * a.g_stride] + dtb : 0.0f;
+      q[u] = ok ? LoadIo<In>(a.q, qi + rq_off) : 0.0f;
+      k[u] = ok ? LoadIo<In>(a.k, qi + rq_off) : 0.0f;
+      b[u] = ok ? LoadIo<In>(a.b, bi + u * kRowStep * a.b_stride) : 0.0f;
+      g[u] = ok ? LoadIo<In>(a.g, gi + u * kRowStep * a.g_stride) + dtb : 0.0f;
     }
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
@@ -405,7 +446,7 @@ __device__ void TimesT(const float* sT, const float* sX, float* out, int ld) {
   }
 }
 
-template <ChunkMath kMath>
+template <ChunkMath kMath, typename In>
 __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a, Layout l, Table tab) {
   extern __shared__ float smem[];
   const int chunk = blockIdx.x, hk = blockIdx.y;
@@ -423,7 +464,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float* sA = sX + 6 * kSub * ss;
   float* sM = sA + kC * as;
   float* sT = sM + kC * as;
-  float* sR = sT + kC * as;                             // rq [kC], rk [kC]
+  float* sR = sT + kC * as;  // rq [kC], rk [kC]
   auto* sSum = reinterpret_cast<double*>(sR + 2 * kC);  // 8-byte aligned: every block above is even
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
   // A thread's channel of a slice and first row; its rows kRowStep apart.
@@ -434,7 +475,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
 
   // Pass 0: norm factors, a warp per token, four tokens' loads in flight at
   // once; A and M zero.
-  const bool vec = KeyInputsVec(a);
+  const bool vec = KeyInputsVec<In>(a);
   static_assert(kC % (4 * kWarps) == 0, "rows in batches of four a warp");
   for (int r0 = 0; r0 < kC / kWarps; r0 += 4) {
     float qv[4][kMaxK / 32], kv[4][kMaxK / 32];
@@ -445,8 +486,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       static_assert(kMaxK / 32 == 4, "a lane's channels are one quad when read four at a time");
       if (vec) {  // lane: channels [4 lane, 4 lane + 4)
         const bool ok = t < n && 4 * lane < K;
-        const float4 x = ok ? Ld4(a.q, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const float4 y = ok ? Ld4(a.k, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 x = ok ? LoadIo4<In>(a.q, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 y = ok ? LoadIo4<In>(a.k, base + 4 * lane) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         qv[r][0] = x.x, qv[r][1] = x.y, qv[r][2] = x.z, qv[r][3] = x.w;
         kv[r][0] = y.x, kv[r][1] = y.y, kv[r][2] = y.z, kv[r][3] = y.w;
         continue;
@@ -455,8 +496,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
       for (int j = 0; j < kMaxK / 32; ++j) {
         const int c = lane + 32 * j;
         const bool ok = t < n && c < K;
-        qv[r][j] = ok ? a.q[base + c] : 0.0f;
-        kv[r][j] = ok ? a.k[base + c] : 0.0f;
+        qv[r][j] = ok ? LoadIo<In>(a.q, base + c) : 0.0f;
+        kv[r][j] = ok ? LoadIo<In>(a.k, base + c) : 0.0f;
       }
     }
 #pragma unroll
@@ -495,7 +536,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float diag[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // the diagonal blocks' sums (DiagSlot)
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
-    LoadKeySlice<kThreads1>(a, vec, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
+    LoadKeySlice<kThreads1, In>(a, vec, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);
     // Q~ = q e^G, K^ = k e^(G_C - G), e^(G_C) out, and E~ = e e^G staged in
     // W's place (W = T E~ once T is known).
     {
@@ -679,7 +720,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   // (Z in Q's space).
   const int group = a.HV / a.H;
   float* sZ = sQ;
-  const bool vvec = a.V % 4 == 0 && a.w_stride % 4 == 0 && a.v_stride % 4 == 0 && Aligned16(a.w) && Aligned16(a.v);
+  const bool vvec =
+      a.V % 4 == 0 && a.w_stride % 4 == 0 && a.v_stride % 4 == 0 && IoAligned<In>(a.w) && IoAligned<In>(a.v);
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
@@ -694,8 +736,8 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         for (int u = 0; u < kPer4; ++u) {
           const bool ok = v_ok && tr + u * kStep4 < n;
           const int64_t r = t0 + tr + u * kStep4;
-          wv[u] = ok ? Ld4(a.w, r * a.w_stride + col) : zero;
-          vv[u] = ok ? Ld4(a.v, r * a.v_stride + col) : zero;
+          wv[u] = ok ? LoadIo4<In>(a.w, r * a.w_stride + col) : zero;
+          vv[u] = ok ? LoadIo4<In>(a.v, r * a.v_stride + col) : zero;
         }
 #pragma unroll
         for (int u = 0; u < kPer4; ++u) {
@@ -707,14 +749,13 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         constexpr int kPer = kC / kRowStep;
         const bool v_ok = v0 + sc < a.V;
         const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + sc;
-        const float* wp = a.w + (t0 + sr) * a.w_stride + col;
-        const float* vp = a.v + (t0 + sr) * a.v_stride + col;
+        const int64_t wi = (t0 + sr) * a.w_stride + col, vi = (t0 + sr) * a.v_stride + col;
         float wv[kPer], vv[kPer];
 #pragma unroll
         for (int u = 0; u < kPer; ++u) {
           const bool ok = v_ok && sr + u * kRowStep < n;
-          wv[u] = ok ? wp[u * kRowStep * a.w_stride] : 0.0f;
-          vv[u] = ok ? vp[u * kRowStep * a.v_stride] : 0.0f;
+          wv[u] = ok ? LoadIo<In>(a.w, wi + u * kRowStep * a.w_stride) : 0.0f;
+          vv[u] = ok ? LoadIo<In>(a.v, vi + u * kRowStep * a.v_stride) : 0.0f;
         }
 #pragma unroll
         for (int u = 0; u < kPer; ++u) {
@@ -742,7 +783,7 @@ struct Smem2 {
   }
 };
 
-template <int kTV, ChunkMath kMath>
+template <int kTV, ChunkMath kMath, typename Out>
 __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a, Layout l, Table tab) {
   extern __shared__ float smem[];
   constexpr int as = Smem2<kTV>::As, us = Smem2<kTV>::Us, NT = kTV / 8;
@@ -839,9 +880,9 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
         for (int h = 0; h < 2; ++h) {
           const int t = m0 + g + 8 * h;
           if (t >= n) continue;
-          float* o = a.out + (t0 + t) * a.out_stride + static_cast<int64_t>(hv) * V + v0;
-          if (c < nv) o[c] = acc[j][2 * h];
-          if (c + 1 < nv) o[c + 1] = acc[j][2 * h + 1];
+          const int64_t o = (t0 + t) * a.out_stride + static_cast<int64_t>(hv) * V + v0;
+          if (c < nv) StoreIo<Out>(a.out, o + c, acc[j][2 * h]);
+          if (c + 1 < nv) StoreIo<Out>(a.out, o + c + 1, acc[j][2 * h + 1]);
         }
       }
     }
@@ -876,21 +917,22 @@ __global__ void __launch_bounds__(kThreads2, 1) Phase2Kernel(Gdn2RecurrentArgs a
   }
 }
 
-template <int kTV, ChunkMath kMath>
+template <int kTV, ChunkMath kMath, typename Io>
 cudaError_t LaunchPhase2(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, int blocks_z,
                          cudaStream_t stream) {
   const size_t bytes = Smem2<kTV>::Floats(l.Kp) * sizeof(float);
-  auto* kernel = Phase2Kernel<kTV, kMath>;
+  auto* kernel = Phase2Kernel<kTV, kMath, Io>;
   if (cudaError_t e = chunk_common::AllowSharedBytes(kernel, bytes); e != cudaSuccess) return e;
   kernel<<<dim3((a.V + kTV - 1) / kTV, a.HV, blocks_z), kThreads2, bytes, stream>>>(a, l, t);
   return cudaGetLastError();
 }
 
-template <ChunkMath kMath>
+// Io: the inputs' and the output's element type (float or __nv_bfloat16).
+template <ChunkMath kMath, typename Io>
 cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, int blocks_z, cudaStream_t stream) {
   const size_t b1 = Smem1::Floats() * sizeof(float);
-  if (cudaError_t e = chunk_common::AllowSharedBytes(Phase1Kernel<kMath>, b1); e != cudaSuccess) return e;
-  Phase1Kernel<kMath><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t);
+  if (cudaError_t e = chunk_common::AllowSharedBytes(Phase1Kernel<kMath, Io>, b1); e != cudaSuccess) return e;
+  Phase1Kernel<kMath, Io><<<dim3(static_cast<unsigned>(l.max_chunks), a.H), kThreads1, b1, stream>>>(a, l, t);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   // The widest value tile that still gives every SM a block (the state tile
   // chain is the sequential part, so a long lone sequence splits finer) and
@@ -900,24 +942,19 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, const Layout& l, const Table& t, 
   auto fits = [&](size_t floats) { return floats * sizeof(float) <= optin; };
   const int64_t heads = static_cast<int64_t>(blocks_z) * a.HV;
   switch (a.value_tile) {
-    case 0:
-      break;
-    case 16:
-      return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
-    case 32:
-      return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
-    case 64:
-      return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
-    default:
-      return cudaErrorInvalidValue;
+    case 0: break;
+    case 16: return LaunchPhase2<16, kMath, Io>(a, l, t, blocks_z, stream);
+    case 32: return LaunchPhase2<32, kMath, Io>(a, l, t, blocks_z, stream);
+    case 64: return LaunchPhase2<64, kMath, Io>(a, l, t, blocks_z, stream);
+    default: return cudaErrorInvalidValue;
   }
   if (heads * ((a.V + 63) / 64) >= sms && fits(Smem2<64>::Floats(l.Kp))) {
-    return LaunchPhase2<64, kMath>(a, l, t, blocks_z, stream);
+    return LaunchPhase2<64, kMath, Io>(a, l, t, blocks_z, stream);
   }
   if (heads * ((a.V + 31) / 32) >= sms && fits(Smem2<32>::Floats(l.Kp))) {
-    return LaunchPhase2<32, kMath>(a, l, t, blocks_z, stream);
+    return LaunchPhase2<32, kMath, Io>(a, l, t, blocks_z, stream);
   }
-  return LaunchPhase2<16, kMath>(a, l, t, blocks_z, stream);
+  return LaunchPhase2<16, kMath, Io>(a, l, t, blocks_z, stream);
 }
 
 }  // namespace
@@ -950,8 +987,12 @@ cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& a, ChunkMath math, void* work
   }
   const Table t = MakeTable(workspace, l);
   TableKernel<<<1, 1, 0, stream>>>(a, l, t);
-  return math == ChunkMath::kTf32x3 ? Launch<ChunkMath::kTf32x3>(a, l, t, blocks_z, stream)
-                                    : Launch<ChunkMath::kTf32>(a, l, t, blocks_z, stream);
+  if (a.io == DType::kBF16) {
+    return math == ChunkMath::kTf32x3 ? Launch<ChunkMath::kTf32x3, __nv_bfloat16>(a, l, t, blocks_z, stream)
+                                      : Launch<ChunkMath::kTf32, __nv_bfloat16>(a, l, t, blocks_z, stream);
+  }
+  return math == ChunkMath::kTf32x3 ? Launch<ChunkMath::kTf32x3, float>(a, l, t, blocks_z, stream)
+                                    : Launch<ChunkMath::kTf32, float>(a, l, t, blocks_z, stream);
 }
 
 }  // namespace gdnserve::cuda

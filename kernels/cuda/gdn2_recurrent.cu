@@ -257,7 +257,7 @@ cudaError_t Launch(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
 cudaError_t Gdn2Recurrent(const Gdn2RecurrentArgs& a, cudaStream_t stream) {
   const int blocks_z = a.piece_list ? a.num_listed : a.pieces.num_pieces;
   if (blocks_z == 0) return cudaSuccess;
-  if (a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || blocks_z > 65535 || a.HV > 65535) {
+  if (a.io != DType::kF32 || a.H <= 0 || a.HV % a.H != 0 || a.V <= 0 || blocks_z > 65535 || a.HV > 65535) {
     return cudaErrorInvalidValue;
   }
   if (a.K <= 32) return Launch<1>(a, stream);

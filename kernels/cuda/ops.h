@@ -115,6 +115,11 @@ struct Gdn2RecurrentArgs {
   int value_tile = 0;
   float* out = nullptr;  // [T] rows; value head hv at out + hv*V
   int64_t out_stride = 0;
+  // Element type of q, k, v, g, b, w and out (strides count elements). With
+  // kBF16 those seven pointers hold bf16 values and the kernel reads them as
+  // such; only Gdn2ChunkedWY takes it (the others return
+  // cudaErrorInvalidValue). a_log, dt_bias and the state stay float32.
+  DType io = DType::kF32;
   // Gdn2Recurrent as a programmatic dependent (pdl.cuh): true lets it read the
   // slots' state before waiting for the kernel launched just before it. Only
   // when that kernel (and anything still in flight) cannot write this layer's
@@ -143,6 +148,8 @@ bool Gdn2ChunkSupported(int K);
 // (256-byte aligned, device) holds the chunk table and the per-chunk factors:
 // Gdn2ChunkedWYWorkspaceBytes. Products in TF32 (relative error ~1e-4..1e-3)
 // or, with kTf32x3, split in three TF32 products for float32 accuracy.
+// Inputs and output float32 or bf16 (args.io); the state and the products'
+// accumulation float32 either way.
 enum class ChunkMath { kTf32, kTf32x3 };
 cudaError_t Gdn2ChunkedWY(const Gdn2RecurrentArgs& args, ChunkMath math, void* workspace, size_t workspace_bytes,
                           cudaStream_t stream);
