@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Nsight Compute over the tensor-core chunkwise prefill kernel's phases, on
 # the GPU machine (Firecracker runtime: ncu reads the counters there). Builds
-# the C ABI library, then profiles one run of each listed shape.
-#   bash bench/gpu/profile_prefill.sh [SHAPES]   (default 1x65536,8x8192)
+# the C ABI library, then profiles one run of each listed shape: per shape the
+# report, its summary (ncu_SHAPE.txt) and its SASS with per-instruction
+# counters (sass_SHAPE.csv, summarised between barriers by
+# bench/gpu/sass_segments.py, printed). Three files a shape (the device
+# tool brings back 8); the build logs stay out of $OUT unless a step fails.
+#   [KERNEL=Phase1] [COUNT=2] bash bench/gpu/profile_prefill.sh [SHAPES]   (default 1x65536,8x8192)
 set -uo pipefail
 shapes=${1:-1x65536,8x8192}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 out=${OUT:-$root/bench/out}
 mkdir -p "$out"
-source scripts/device_env.sh > "$out/env.log" 2>&1 || { cat "$out/env.log"; exit 1; }
+logs=$(mktemp -d)
+source scripts/device_env.sh > "$logs/env.log" 2>&1 || { cat "$logs/env.log"; exit 1; }
 cmake --preset engine-only -DGDNSERVE_CUDA=ON -DGDNSERVE_TESTS=OFF -DGDNSERVE_BENCH=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_FLAGS=-lineinfo -DGDNSERVE_PYTHON="$(command -v python3)" > "$out/configure.log" 2>&1 \
-  || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build build/engine-only -j "$(nproc)" --target gdn_cuda_capi > "$out/build.log" 2>&1 \
-  || { grep -E "error" "$out/build.log" | head -40; exit 1; }
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_FLAGS=-lineinfo -DGDNSERVE_PYTHON="$(command -v python3)" > "$logs/configure.log" 2>&1 \
+  || { tail -40 "$logs/configure.log"; exit 1; }
+cmake --build build/engine-only -j "$(nproc)" --target gdn_cuda_capi > "$logs/build.log" 2>&1 \
+  || { grep -E "error" "$logs/build.log" | head -40; exit 1; }
 lib=build/engine-only/kernels/cuda/libgdn_cuda_capi.so
 for shape in ${shapes//,/ }; do
   echo "== $shape"
@@ -26,8 +31,8 @@ for shape in ${shapes//,/ }; do
   ncu -i "$out/ncu_$shape.ncu-rep" > "$out/ncu_$shape.txt" 2>&1
   grep -E "Phase|Duration|Throughput|Achieved Occupancy|Executed Instructions|Issued" "$out/ncu_$shape.txt" \
     | grep -v "^ *-" | head -40
-  # Per source line (CUDA, with -lineinfo): instructions executed and stall samples.
-  ncu -i "$out/ncu_$shape.ncu-rep" --page source --csv --print-source cuda > "$out/src_$shape.csv" 2> "$out/src_err.txt" \
-    || ncu -i "$out/ncu_$shape.ncu-rep" --page source --csv > "$out/src_$shape.csv" 2>> "$out/src_err.txt"
-  wc -c "$out/src_$shape.csv"; head -c 600 "$out/src_err.txt"
+  # Per SASS instruction: executions and stall samples, cut at the barriers.
+  ncu -i "$out/ncu_$shape.ncu-rep" --page source --csv --print-source sass > "$out/sass_$shape.csv" 2> "$logs/sass.txt" \
+    || head -c 600 "$logs/sass.txt"
+  python3 bench/gpu/sass_segments.py "$out/sass_$shape.csv"
 done
