@@ -196,8 +196,8 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         Dev<float> d_qk(qk), d_v(v), d_g(g), d_b(bb), d_w(w), d_alog(a_log), d_dtb(dt_bias), d_pool(pool);
         Dev<float> d_out(T * value_dim);
         auto bits = [&](const std::vector<float>& x) { return bf16_io ? Bf16Bits(x) : std::vector<uint16_t>{}; };
-        Dev<uint16_t> h_qk(bits(qk)), h_v(bits(v)), h_g(bits(g)), h_b(bits(bb)), h_w(bits(w));
-        Dev<uint16_t> h_out(bf16_io ? T * value_dim : 0);
+        Dev<uint16_t> bf_qk(bits(qk)), bf_v(bits(v)), bf_g(bits(g)), bf_b(bits(bb)), bf_w(bits(w));
+        Dev<uint16_t> bf_out(bf16_io ? T * value_dim : 0);
         DevBatch db(b);
         a.q = d_qk.get();
         a.k = d_qk.get() + key_dim;
@@ -227,13 +227,13 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         if (bf16_io) {  // the same fields, pointing at bf16 arrays
           auto as_f = [](const uint16_t* p) { return reinterpret_cast<const float*>(p); };
           a.io = cuda::DType::kBF16;
-          a.q = as_f(h_qk.get());
-          a.k = as_f(h_qk.get() + key_dim);
-          a.v = as_f(h_v.get());
-          a.g = as_f(h_g.get());
-          a.b = as_f(h_b.get());
-          a.w = as_f(h_w.get());
-          a.out = reinterpret_cast<float*>(h_out.get());
+          a.q = as_f(bf_qk.get());
+          a.k = as_f(bf_qk.get() + key_dim);
+          a.v = as_f(bf_v.get());
+          a.g = as_f(bf_g.get());
+          a.b = as_f(bf_b.get());
+          a.w = as_f(bf_w.get());
+          a.out = reinterpret_cast<float*>(bf_out.get());
         }
         // With a list: every other piece, in reverse order.
         std::vector<int32_t> list;
@@ -273,7 +273,7 @@ void CheckGdn2Kernel(Gdn2Kernel kernel, const std::vector<Shape>& shapes, const 
         }
         std::vector<float> got_out = d_out.host();
         if (bf16_io) {
-          const std::vector<uint16_t> o = h_out.host();
+          const std::vector<uint16_t> o = bf_out.host();
           for (size_t i = 0; i < o.size(); ++i) got_out[i] = FromBf16Bits(o[i]);
         }
         if (use_list) {  // rows of unlisted pieces are not written: compare listed rows only
@@ -392,7 +392,11 @@ TEST_F(CudaKernelTest, ChunkedWYMatchesCpu) {
     CheckGdn2Kernel(kernel, {{2, 2, 30, 30}, {2, 4, 64, 32}}, {1, 17, 65, 130}, true, rng_, false, 0, 2e-3, true,
                     false, true);
     CheckGdn2Kernel(kernel, {{2, 2, 128, 64}}, {64, 200, 17, 130}, false, rng_, true, 0, 2e-3, true, true, true);
+    // Four-element key loads with single value loads (V 30, aligned rows).
+    CheckGdn2Kernel(kernel, {{1, 2, 64, 30}}, {65, 1, 130}, false, rng_, true, 0, 2e-3, true, false, true);
   }
+  // The same mix in float32 I/O.
+  CheckGdn2Kernel(ChunkedWYWithWorkspace<cuda::ChunkMath::kTf32x3>, {{1, 2, 64, 30}}, {65, 1, 130}, false, rng_, true);
   // The wider state tiles (the pick takes them for many sequences), V not a
   // multiple of them; TF32 x 3 and TF32.
   for (const std::vector<Shape>& sh : {std::vector<Shape>{{2, 2, 128, 128}}, std::vector<Shape>{{1, 2, 64, 72}}}) {

@@ -5,6 +5,7 @@
 #   bash scripts/make_baseline.sh REV         (here; carry .baseline)
 #   [ROUNDS=2] [IMPLS=recurrent,tc,tc3] bash bench/gpu/ab_prefill_op.sh [BENCH ARGS]   (there)
 # BENCH ARGS go to prefill_kernel_bench.py (e.g. --shapes 8x8192 --reps 5);
+# IMPLS may name tcbf16: a baseline library without bf16 I/O skips that row;
 # JSON per side and round in $OUT (or bench/out) as op_SIDE_ROUND.json.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,6 +25,7 @@ build() {  # build DIR: the engine-only tree's C ABI library in DIR (configured 
 build .baseline || exit 1
 build . || exit 1
 lib=build/engine-only/kernels/cuda/libgdn_cuda_capi.so
+rc=0
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for side in baseline this; do
     path=$lib
@@ -31,5 +33,8 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     echo "== $side (round $round)"
     timeout 300 python3 -u bench/gpu/prefill_kernel_bench.py --lib "$path" --impls "${IMPLS:-recurrent,tc,tc3}" \
       --reps 3 "$@" --json "$out/op_${side}_$round.json" 2>&1 | grep -vE "^H=|running"
+    r=${PIPESTATUS[0]}
+    [[ $r == 0 ]] || { echo "ab_prefill_op: $side round $round: exit $r"; rc=1; }
   done
 done
+exit $rc

@@ -5,7 +5,7 @@
 Issue 6's shapes (H = HV = 16, K = V = 128; sequences x tokens: 1 x 65536,
 8 x 8192, 32 x 2048, 256 x 512), packed with cu_seqlens, fresh zero states in
 slots, raw gate inputs (gates, q/k L2 norms in the kernels), float32 inputs
-and outputs (what the engine passes; ours take float32). Timed (median of
+and outputs (what the engine passes) unless a row says bf16. Timed (median of
 CUDA-event timings after a warm-up): ours token by token (Gdn2Recurrent), our
 one-pass float32 chunkwise kernel (Gdn2Chunked), our tensor-core chunkwise
 kernel (Gdn2ChunkedWY) in TF32 and in split TF32 x 3 (and in TF32 on the
@@ -15,9 +15,14 @@ fla's pure-PyTorch `naive_chunk_gdn2` (gates and norms applied first in
 PyTorch) as the floor-of-effort baseline: it materialises C x C x K decay
 tensors, so it runs on at most 2048 tokens and its time is scaled to the
 shape's tokens (it is linear in them). Outputs and final states are compared
-with ours token by token. Also prints the op's floors on the measured copy
+with ours token by token on the float32 inputs (a bf16 row's error includes
+its inputs' rounding). Also prints the op's floors on the measured copy
 bandwidth (bytes: inputs q, k, g, b, v, w and output once, state in and out
-once per sequence), for float32 and for bf16 inputs and outputs.
+once per sequence), for float32 and for bf16 inputs and outputs, and each
+time over both.
+
+The library's C ABI: gdn2_cuda_abi_version() 2 or later takes bf16 I/O (the
+tcbf16 row); an older library (a baseline built before it) runs the rest.
 """
 import argparse
 import ctypes
@@ -61,8 +66,11 @@ def main() -> int:
     lib = ctypes.CDLL(args.lib)
     fn = lib.gdn2_cuda_prefill
     P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    # ABI 2 added the trailing bf16_io argument; a library without the version
+    # symbol is ABI 1 (a baseline built before it) and gets no such argument.
+    abi = lib.gdn2_cuda_abi_version() if hasattr(lib, "gdn2_cuda_abi_version") else 1
     fn.argtypes = [I32, P, P, I64, P, I64, P, I64, P, I64, P, I64, P, P, F32, I32, I32, I32, I32, P, I64, P, P, I32,
-                   I64, P, I64, P, I64, P, I32, I32]
+                   I64, P, I64, P, I64, P, I32] + ([I32] if abi >= 2 else [])
     fn.restype = ctypes.c_int
     wsb = lib.gdn2_cuda_chunked_wy_workspace_bytes
     wsb.argtypes = [I64, I32, I32, I32, I32, I32]
@@ -83,7 +91,7 @@ def main() -> int:
     K = V = 128
     bw = copy_bandwidth()
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    print(f"H=HV={H}, K=V={K}, float32 in and out, raw gates, fresh zero states")
+    print(f"H=HV={H}, K=V={K}, float32 in and out unless named bf16, raw gates, fresh zero states")
     rows = []
     for shape in args.shapes.split(","):
         N, L = (int(x) for x in shape.split("x"))
@@ -120,10 +128,11 @@ def main() -> int:
 
             def run():
                 pool.zero_()
+                io = (int(bf16),) if abi >= 2 else ()
                 rc = fn(kernel, xq.data_ptr(), xk.data_ptr(), H * K, xv.data_ptr(), HV * V, xg.data_ptr(), H * K,
                         xb.data_ptr(), H * K, xw.data_ptr(), HV * V, a_log.data_ptr(), dt_bias.data_ptr(),
                         scale, H, HV, K, V, pool.data_ptr(), HV * V * K, start.data_ptr(), slots.data_ptr(), N, T,
-                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream, tile, int(bf16))
+                        out.data_ptr(), HV * V, ws.data_ptr(), ws_bytes, stream, tile, *io)
                 if rc != 0:
                     raise RuntimeError(f"gdn2_cuda_prefill kernel {kernel}: CUDA error {rc}")
             return run, out, pool
@@ -134,6 +143,9 @@ def main() -> int:
         variants = [x + (False,) for x in variants] + [("ours chunk TC (tf32, bf16 io)", 2, 0, "tcbf16", True)]
         for name, kernel, tile, key, bf16 in variants:
             if not want(key) or (tile and "all" in impls):
+                continue
+            if bf16 and abi < 2:
+                print(f"{shape} {name}: skipped (the library's C ABI {abi} has no bf16 I/O)", file=sys.stderr)
                 continue
             run, out, pool = ours(kernel, tile, bf16)
             try:
@@ -198,7 +210,8 @@ def main() -> int:
         ref = outs.get("ours token-by-token")
         print(f"\n{N} x {L} tokens ({T} in all); op floor {floor_s * 1e3:.3f} ms = {T / floor_s / 1e6:.1f} M tokens/s "
               f"(bf16 io: {floor_bf16_s * 1e3:.3f} ms)")
-        print(f"{'implementation':>26} {'ms':>10} {'M tok/s':>9} {'x floor':>8} {'out err':>9} {'state err':>9}")
+        print(f"{'implementation':>30} {'ms':>10} {'M tok/s':>9} {'x floor':>8} {'x bf16 fl':>9} {'out err':>9} "
+              f"{'state err':>9}")
         row = dict(sequences=N, tokens_per_sequence=L, floor_seconds=floor_s, floor_bf16_seconds=floor_bf16_s,
                    copy_bytes_per_s=bw, results={})
         for name, sec in results.items():
@@ -206,7 +219,8 @@ def main() -> int:
             if ref is not None and name in outs:
                 oe = rel_err(outs[name][0].reshape(T, HV, V), ref[0])
                 se = rel_err(outs[name][1], ref[1])
-            print(f"{name:>26} {sec * 1e3:>10.3f} {T / sec / 1e6:>9.2f} {sec / floor_s:>8.1f} {oe:>9.1e} {se:>9.1e}")
+            print(f"{name:>30} {sec * 1e3:>10.3f} {T / sec / 1e6:>9.2f} {sec / floor_s:>8.1f} "
+                  f"{sec / floor_bf16_s:>9.1f} {oe:>9.1e} {se:>9.1e}")
             row["results"][name] = dict(seconds=sec, out_rel_err=oe, state_rel_err=se)
         rows.append(row)
         if args.json:  # after every shape: a run cut short by a time limit keeps the shapes it finished

@@ -7,9 +7,10 @@ SASS.csv: `ncu -i REPORT --page source --csv --print-source sass` of a report
 taken with the SourceCounters section (bench/gpu/profile_prefill.sh writes
 one). The kernel's instructions are cut at every barrier (BAR) and exit;
 each piece prints its share of the executed instructions and of the stall
-samples, its most executed opcodes and its top stall reasons, so the pieces
-map back to the source's phases (a __syncthreads() ends each). Then the
-kernel's stall reasons overall.
+samples, its most executed opcodes and its top stall reasons, with the SASS
+offsets it spans (bytes from the kernel's first instruction), so the pieces map back
+to the source's phases (a __syncthreads() ends each; BAR.ARV, an arrive
+without a wait, ends one too). Then the kernel's stall reasons overall.
 """
 import argparse
 import collections
@@ -32,6 +33,12 @@ def kernels(path):
     return out
 
 
+def count(text):
+    """An ncu counter cell: '1,024' or '' (none) as an int."""
+    text = text.replace(",", "").strip()
+    return int(float(text)) if text else 0
+
+
 def opcode(text):
     t = text.split()
     if not t:
@@ -41,16 +48,22 @@ def opcode(text):
 
 def report(name, hdr, rows, min_share):
     ix = {h: i for i, h in enumerate(hdr)}
-    ex, st = ix["Instructions Executed"], ix["Warp Stall Sampling (All Samples)"]
+    need = ["Address", "Source", "Instructions Executed", "Warp Stall Sampling (All Samples)"]
+    missing = [h for h in need if h not in ix]
+    if missing:
+        sys.exit(f"sass_segments: {name[:60]}: no column {', '.join(missing)} (profile with --section SourceCounters)")
+    addr, src, ex, st = (ix[h] for h in need)
     reasons = [h for h in hdr if h.startswith("stall_") and "Not Issued" not in h]
-    num = lambda r, i: int(r[i] or 0)  # noqa: E731
+    num = lambda r, i: count(r[i]) if i < len(r) else 0  # noqa: E731
+    base = int(rows[0][addr], 16)
+    offset = lambda r: int(r[addr], 16) - base  # noqa: E731  (bytes from the kernel's first instruction)
     total = sum(num(r, ex) for r in rows) or 1
     total_st = sum(num(r, st) for r in rows) or 1
     print(f"== {name[:110]}\n   {len(rows)} instructions, {total:,} executed (warp level)")
     start, n, s = 0, 0, 0
     ops, why = collections.Counter(), collections.Counter()
     for i, r in enumerate(rows):
-        op = opcode(r[1])
+        op = opcode(r[src])
         n += num(r, ex)
         s += num(r, st)
         ops[op] += num(r, ex)
@@ -59,7 +72,8 @@ def report(name, hdr, rows, min_share):
         if op.startswith("BAR") or op == "EXIT" or i == len(rows) - 1:
             if 100 * n / total >= min_share or 100 * s / total_st >= min_share:
                 w = sum(why.values()) or 1
-                print(f"   {start:5d}-{i:5d} exec {100 * n / total:5.1f}% stall {100 * s / total_st:5.1f}% | "
+                print(f"   +{offset(rows[start]):05x}-+{offset(r):05x} exec {100 * n / total:5.1f}% "
+                      f"stall {100 * s / total_st:5.1f}% | "
                       + " ".join(f"{k}:{100 * v // max(n, 1)}" for k, v in ops.most_common(6)) + " | "
                       + " ".join(f"{k[6:]}:{100 * v // w}" for k, v in why.most_common(3)))
             start, n, s = i + 1, 0, 0

@@ -48,6 +48,11 @@ gdnserve::cuda::Gdn2RecurrentArgs Args(const float* q, const float* k, int64_t q
 
 }  // namespace
 
+// The C ABI's version, for scripts that load libraries of several revisions
+// (bench/gpu/ab_prefill_op.sh): 2 = gdn2_cuda_prefill takes bf16_io (1: the
+// libraries before it, which have no such symbol).
+extern "C" int gdn2_cuda_abi_version() { return 2; }
+
 // Token by token (decode batches take the decode launch). rows_per_warp: the
 // decode launch's variant (Gdn2RecurrentArgs::rows_per_warp; 0: the engine's
 // choice).

@@ -15,11 +15,12 @@ constexpr int kMaxK = 128;   // key head size the kernels take
 __device__ __forceinline__ float Softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
 __device__ __forceinline__ float Sigmoid(float x) { return __frcp_rn(1.0f + __expf(-x)); }
 
-// The tensor-core kernel's versions (gdn2_chunk_wy.cu), one MUFU instruction
-// each where the above take several: 2^x and 1/x with denormals flushed (a
-// decay or a weight below 2^-126 counts as zero, an absolute 1e-38 on values
-// <= 1), and softplus in base-2 units, log2(1 + 2^u) for u = x log2(e), the
-// log decay G kept in those units so that every decay is one 2^x.
+// The tensor-core kernel's versions (gdn2_chunk_wy.cu), on the MUFU unit
+// (2^x, log2 x, 1/x one instruction each; softplus and sigmoid two): denormals
+// flushed (a decay or a weight below 2^-126 counts as zero, an absolute 1e-38
+// on values <= 1), and softplus in base-2 units, log2(1 + 2^u) for
+// u = x log2(e), the log decay G kept in those units so that every decay is
+// one 2^x.
 constexpr float kLog2e = 1.4426950408889634f;
 __device__ __forceinline__ float Exp2Ftz(float x) {
   float y;

@@ -216,8 +216,9 @@ __global__ void TableKernel(Gdn2RecurrentArgs a, Layout l, Table t) {
 // value rounded) and G' (what the rounding left), so that G_t - G_i of two
 // nearby tokens after a run of saturated ones (G ~ -1e3 for both) keeps
 // float32 accuracy: (G_t - G_i) is exact there and (G'_t - G'_i) adds the rest.
-// G is in base-2 units (log2 of the decay: chunk_common::SoftplusLog2), so
-// every decay is one 2^x (Exp2Ftz).
+// The comments write e^G with G the natural-log cumulative decay; the code
+// keeps G log2(e) instead (base-2 units: chunk_common::SoftplusLog2), so that
+// every e^(...) above is one 2^(...) (Exp2Ftz).
 //   Pass 0: the q/k norm factors of the chunk's tokens.
 //   Pass 1, per slice: gates; G; Q~, K^, e^(G_C) out, E~ staged in W's
 //     place; the diagonal 16 x 16 blocks of A and M pairwise (a thread a
@@ -273,16 +274,17 @@ __device__ __forceinline__ bool IoAligned(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
 }
 
-// Whether the key-side inputs can be read four floats at a time: K and the
-// row strides multiples of 4, the arrays 16-byte aligned (a quad of a row is
-// then wholly inside or wholly past K).
+// Whether the key-side inputs can be read four elements at a time: K and the
+// row strides multiples of 4, the arrays aligned to four elements (16 bytes
+// float32, 8 bf16; a quad of a row is then wholly inside or wholly past K).
 template <typename In>
 __device__ __forceinline__ bool KeyInputsVec(const Gdn2RecurrentArgs& a) {
   return a.K % 4 == 0 && a.qk_stride % 4 == 0 && a.b_stride % 4 == 0 && a.g_stride % 4 == 0 && IoAligned<In>(a.q) &&
          IoAligned<In>(a.k) && IoAligned<In>(a.b) && IoAligned<In>(a.g) && Aligned16(a.dt_bias);
 }
 
-// LoadKeySlice's element pass with 16-byte loads and stores (KeyInputsVec):
+// LoadKeySlice's element pass with four-element loads and 16-byte shared
+// stores (KeyInputsVec):
 // a thread a quad of channels in every (kThreads / (kSl / 4))-th row.
 template <int kThreads, typename In>
 __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
@@ -337,7 +339,7 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
     LoadKeySliceVec<kThreads, In>(a, t0, n, hk, c0, neg_a, bscale, rq, rk, sQ, sK, sE, sG);
   } else {
     // Every load of the thread in flight at once, then the arithmetic. A
-    // thread's channel is fixed (SliceRows), its rows kRowStep apart.
+    // thread's channel is fixed, its rows kRowStep apart.
     constexpr int kPer = kC * kSl / kThreads, kRowStep = kThreads / kSl;
     static_assert(kThreads % kSl == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
     const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
@@ -349,9 +351,9 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
       const bool ok = ch_ok && tr + u * kRowStep < n;
-      const int64_t rq_off = u * kRowStep * a.qk_stride;
-      q[u] = ok ? LoadIo<In>(a.q, qi + rq_off) : 0.0f;
-      k[u] = ok ? LoadIo<In>(a.k, qi + rq_off) : 0.0f;
+      const int64_t qk_off = u * kRowStep * a.qk_stride;
+      q[u] = ok ? LoadIo<In>(a.q, qi + qk_off) : 0.0f;
+      k[u] = ok ? LoadIo<In>(a.k, qi + qk_off) : 0.0f;
       b[u] = ok ? LoadIo<In>(a.b, bi + u * kRowStep * a.b_stride) : 0.0f;
       g[u] = ok ? LoadIo<In>(a.g, gi + u * kRowStep * a.g_stride) + dtb : 0.0f;
     }
@@ -533,7 +535,9 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   float acc[kTiles][1][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) ZeroAcc(acc[j]);
-  float diag[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // the diagonal blocks' sums (DiagSlot)
+  // The diagonal blocks' sums of the thread's two DiagSlot slots: (A_ti, M_ti)
+  // for a pair slot, (M_tt, M_t+1,t+1) for a diagonal one.
+  float diag[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
   for (int c0 = 0; c0 < Kp; c0 += kSl) {
     __syncthreads();  // norms ready; the previous slice done with
     LoadKeySlice<kThreads1, In>(a, vec, t0, n, hk, c0, sR, sR + kC, sQ, sK, sE, sG, sGl, sSum);

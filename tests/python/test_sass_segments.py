@@ -20,9 +20,10 @@ HEADER = ["Address", "Source", "Warp Stall Sampling (All Samples)", "Instruction
 
 
 def write_csv(path: Path) -> None:
-    # Kernel A: 60 executions before its barrier (all loads, long_sb stalls),
-    # 40 after it (math, barrier stalls at the exit); kernel B: one piece.
-    a = [["0x0", "      LDG.E R2, [R4.64]", "30", "50", "30", "0", "0"],
+    # Kernel A: 1060 executions before its barrier (all loads, long_sb stalls;
+    # ncu writes thousands with a comma), 40 after it (math, barrier stalls at
+    # the exit); kernel B: one piece.
+    a = [["0x0", "      LDG.E R2, [R4.64]", "30", "1,050", "30", "0", "0"],
          ["0x10", "      LDG.E R3, [R4.64+0x4]", "0", "10", "0", "0", "0"],
          ["0x20", "      BAR.SYNC.DEFER_BLOCKING 0x0", "0", "0", "0", "0", "0"],
          ["0x30", "      FFMA R5, R2, R3, R5", "0", "30", "0", "0", "0"],
@@ -46,12 +47,13 @@ def test_pieces_split_at_barriers(tmp_path: Path) -> None:
     write_csv(path)
     out = run(str(path))
     assert out.count("== void KernelA") == 1, out  # the repeated launch is reported once
+    assert "1,100 executed" in out, out
     assert "== void KernelB" in out, out
     lines = [line for line in out.splitlines() if "% stall" in line]
     assert len(lines) == 3, out
     first, second, third = lines
-    assert "0-    2 exec  60.0% stall  75.0%" in first and "LDG.E:100" in first and "long_sb:100" in first, first
-    assert "3-    4 exec  40.0% stall  25.0%" in second and "FFMA:75" in second and "barrier:100" in second, second
+    assert "+00000-+00020 exec  96.4% stall  75.0%" in first and "LDG.E:100" in first and "long_sb:100" in first, first
+    assert "+00030-+00040 exec   3.6% stall  25.0%" in second and "FFMA:75" in second and "barrier:100" in second, second
     assert "exec 100.0%" in third and "HMMA.1688.F32.TF32:87" in third, third
     assert "stalls: long_sb:75.0% barrier:25.0%" in out, out
 
