@@ -28,6 +28,35 @@ namespace {
 //   Pass 2, per slice: W = T E~ (E~ read back).
 //   U = T Z per value head, kSl value columns at a time.
 
+// A thread's elements of a kSl-column slice: kWidth consecutive columns from
+// c (1, or 4 on the four-element paths) in rows tr, tr + kRowStep, ... (kPer
+// rows). Every loop over a slice's elements walks it so: a thread's columns
+// stay fixed and its rows are compile-time steps apart.
+template <int kThreads, int kWidth>
+struct SliceThreads {
+  static constexpr int kAcross = kSl / kWidth, kRowStep = kThreads / kAcross, kPer = kC / kRowStep;
+  static_assert(kThreads % kAcross == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
+  int c = static_cast<int>(threadIdx.x) % kAcross * kWidth, tr = static_cast<int>(threadIdx.x) / kAcross;
+};
+
+// One element's gates: e = sigmoid(b) (x 2 with negative eigenvalues) k^,
+// the log decay in base-2 units -exp(A_log) softplus(g) log2(e) (g with
+// dt_bias added); both zero where `ok` is false (rows past n, channels past
+// K). z = sigmoid(w) v, as phase 1's products take it.
+struct KeyGates {
+  float neg_a, bscale;
+  __device__ __forceinline__ float Erase(float b, float kn, bool ok) const {
+    return ok ? chunk_common::SigmoidFtz(b) * bscale * kn : 0.0f;
+  }
+  __device__ __forceinline__ float LogDecay(float g, bool ok) const {
+    return ok ? neg_a * chunk_common::SoftplusLog2(g) : 0.0f;
+  }
+};
+template <ChunkMath kMath>
+__device__ __forceinline__ float WriteGated(float w, float v) {
+  return Round32<kMath>(chunk_common::SigmoidFtz(w) * v);
+}
+
 // Whether the key-side inputs can be read four elements at a time: K and the
 // row strides multiples of 4, the arrays aligned to four elements (16 bytes
 // float32, 8 bf16; a quad of a row is then wholly inside or wholly past K).
@@ -38,15 +67,15 @@ __device__ __forceinline__ bool KeyInputsVec(const Gdn2RecurrentArgs& a) {
 }
 
 // LoadKeySlice's element pass with four-element loads and 16-byte shared
-// stores (KeyInputsVec):
-// a thread a quad of channels in every (kThreads / (kSl / 4))-th row.
+// stores (KeyInputsVec), a thread's quads as SliceThreads<kThreads, 4> says.
 template <int kThreads, typename In>
 __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int64_t t0, int n, int hk, int c0,
-                                                float neg_a, float bscale, const float* rq, const float* rk, float* sQ,
+                                                KeyGates gates, const float* rq, const float* rk, float* sQ,
                                                 float* sK, float* sE, float* sG) {
-  constexpr int ss = Smem1::Ss, kQuads = kSl / 4, kRowStep = kThreads / kQuads, kPer = kC / kRowStep;
-  static_assert(kThreads % kQuads == 0 && kC % kRowStep == 0, "whole rows of quads a pass");
-  const int c = static_cast<int>(threadIdx.x) % kQuads * 4, tr = static_cast<int>(threadIdx.x) / kQuads;
+  using E = SliceThreads<kThreads, 4>;
+  constexpr int ss = Smem1::Ss, kRowStep = E::kRowStep, kPer = E::kPer;
+  const E e;
+  const int c = e.c, tr = e.tr;
   const bool ch_ok = c0 + c < a.K;
   const int64_t col = static_cast<int64_t>(hk) * a.K + c0 + c, row = t0 + tr;
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -66,13 +95,13 @@ __device__ __forceinline__ void LoadKeySliceVec(const Gdn2RecurrentArgs& a, int6
     const int t = tr + u * kRowStep;
     const bool ok = ch_ok && t < n;
     const float fq = rq[t], fk = rk[t];
-    auto e = [&](float bv, float kn) { return ok ? chunk_common::SigmoidFtz(bv) * bscale * kn : 0.0f; };
-    auto gl = [&](float gv, float d) { return ok ? neg_a * chunk_common::SoftplusLog2(gv + d) : 0.0f; };
+    auto er = [&](float bv, float kn) { return gates.Erase(bv, kn, ok); };
+    auto gl = [&](float gv, float d) { return gates.LogDecay(gv + d, ok); };
     const float4 kn = make_float4(k[u].x * fk, k[u].y * fk, k[u].z * fk, k[u].w * fk);
     *reinterpret_cast<float4*>(&sQ[t * ss + c]) = make_float4(q[u].x * fq, q[u].y * fq, q[u].z * fq, q[u].w * fq);
     *reinterpret_cast<float4*>(&sK[t * ss + c]) = kn;
     *reinterpret_cast<float4*>(&sE[t * ss + c]) =
-        make_float4(e(b[u].x, kn.x), e(b[u].y, kn.y), e(b[u].z, kn.z), e(b[u].w, kn.w));
+        make_float4(er(b[u].x, kn.x), er(b[u].y, kn.y), er(b[u].z, kn.z), er(b[u].w, kn.w));
     *reinterpret_cast<float4*>(&sG[t * ss + c]) =
         make_float4(gl(g[u].x, dtb.x), gl(g[u].y, dtb.y), gl(g[u].z, dtb.z), gl(g[u].w, dtb.w));
   }
@@ -87,16 +116,15 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
                              const float* rk, float* sQ, float* sK, float* sE, float* sG, float* sGl, double* sSum) {
   constexpr int ss = Smem1::Ss;
   const int K = a.K;
-  const float neg_a = -expf(a.a_log[hk]);
-  const float bscale = a.allow_neg_eigval ? 2.0f : 1.0f;
+  const KeyGates gates{-expf(a.a_log[hk]), a.allow_neg_eigval ? 2.0f : 1.0f};
   if (vec) {
-    LoadKeySliceVec<kThreads, In>(a, t0, n, hk, c0, neg_a, bscale, rq, rk, sQ, sK, sE, sG);
+    LoadKeySliceVec<kThreads, In>(a, t0, n, hk, c0, gates, rq, rk, sQ, sK, sE, sG);
   } else {
-    // Every load of the thread in flight at once, then the arithmetic. A
-    // thread's channel is fixed, its rows kRowStep apart.
-    constexpr int kPer = kC * kSl / kThreads, kRowStep = kThreads / kSl;
-    static_assert(kThreads % kSl == 0 && kC % kRowStep == 0, "whole rows of the slice a pass");
-    const int c = static_cast<int>(threadIdx.x) % kSl, tr = static_cast<int>(threadIdx.x) / kSl;
+    // Every load of the thread in flight at once, then the arithmetic.
+    using E = SliceThreads<kThreads, 1>;
+    constexpr int kPer = E::kPer, kRowStep = E::kRowStep;
+    const E e;
+    const int c = e.c, tr = e.tr;
     const bool ch_ok = c0 + c < K;
     const int64_t col = static_cast<int64_t>(hk) * K + c0 + c, row = t0 + tr;
     const int64_t qi = row * a.qk_stride + col, bi = row * a.b_stride + col, gi = row * a.g_stride + col;
@@ -118,8 +146,8 @@ __device__ void LoadKeySlice(const Gdn2RecurrentArgs& a, bool vec, int64_t t0, i
       const float kn = k[u] * rk[t];
       sQ[t * ss + c] = q[u] * rq[t];
       sK[t * ss + c] = kn;
-      sE[t * ss + c] = ok ? chunk_common::SigmoidFtz(b[u]) * bscale * kn : 0.0f;
-      sG[t * ss + c] = ok ? neg_a * chunk_common::SoftplusLog2(g[u]) : 0.0f;
+      sE[t * ss + c] = gates.Erase(b[u], kn, ok);
+      sG[t * ss + c] = gates.LogDecay(g[u], ok);
     }
   }
   __syncthreads();
@@ -224,8 +252,10 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   auto* sSum = reinterpret_cast<double*>(sR + 2 * kC);  // 8-byte aligned: every block above is even
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, tq = lane & 3;
   // A thread's channel of a slice and first row; its rows kRowStep apart.
-  constexpr int kRowStep = kThreads1 / kSl;
-  const int sc = tid % kSl, sr = tid / kSl;
+  using Elems = SliceThreads<kThreads1, 1>;
+  constexpr int kRowStep = Elems::kRowStep;
+  const Elems elems;
+  const int sc = elems.c, sr = elems.tr;
   const int64_t t0 = tab.chunk_t0[chunk];
   const int n = tab.chunk_n[chunk];
 
@@ -483,9 +513,11 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
   for (int hv = hk * group; hv < (hk + 1) * group; ++hv) {
     float* oU = tab.value + (static_cast<int64_t>(chunk) * l.HV + hv) * l.ValueFloats();
     for (int v0 = 0; v0 < l.Vp; v0 += kSl) {
-      if (vvec) {  // a thread a quad of columns in every 32nd row
-        constexpr int kQuads = kSl / 4, kStep4 = kThreads1 / kQuads, kPer4 = kC / kStep4;
-        const int c = tid % kQuads * 4, tr = tid / kQuads;
+      if (vvec) {  // a thread a quad of columns in every kStep4-th row
+        using Quads = SliceThreads<kThreads1, 4>;
+        constexpr int kStep4 = Quads::kRowStep, kPer4 = Quads::kPer;
+        const Quads quads;
+        const int c = quads.c, tr = quads.tr;
         const bool v_ok = v0 + c < a.V;
         const int64_t col = static_cast<int64_t>(hv) * a.V + v0 + c;
         const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -499,9 +531,9 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         }
 #pragma unroll
         for (int u = 0; u < kPer4; ++u) {
-          auto z = [](float w, float v) { return Round32<kMath>(chunk_common::SigmoidFtz(w) * v); };
           *reinterpret_cast<float4*>(&sZ[(tr + u * kStep4) * ss + c]) =
-              make_float4(z(wv[u].x, vv[u].x), z(wv[u].y, vv[u].y), z(wv[u].z, vv[u].z), z(wv[u].w, vv[u].w));
+              make_float4(WriteGated<kMath>(wv[u].x, vv[u].x), WriteGated<kMath>(wv[u].y, vv[u].y),
+                          WriteGated<kMath>(wv[u].z, vv[u].z), WriteGated<kMath>(wv[u].w, vv[u].w));
         }
       } else {
         constexpr int kPer = kC / kRowStep;
@@ -517,7 +549,7 @@ __global__ void __launch_bounds__(kThreads1, 2) Phase1Kernel(Gdn2RecurrentArgs a
         }
 #pragma unroll
         for (int u = 0; u < kPer; ++u) {
-          sZ[(sr + u * kRowStep) * ss + sc] = Round32<kMath>(chunk_common::SigmoidFtz(wv[u]) * vv[u]);
+          sZ[(sr + u * kRowStep) * ss + sc] = WriteGated<kMath>(wv[u], vv[u]);
         }
       }
       __syncthreads();
