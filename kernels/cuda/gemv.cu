@@ -300,7 +300,7 @@ GemvGrid PlanGemv(int64_t m, int64_t n) {
   return {tiles, tc, tc && tiles < 2 * CurrentDeviceAttribute<cudaDevAttrMultiProcessorCount>(132)};
 }
 
-// GemvBf16 and GemvBf16SwiGlu (act set: y is act's row stride there).
+// GemvBf16 and GemvBf16SwiGlu (act set: y unused, ldy is act's row stride).
 cudaError_t LaunchGemv(const void* x, int64_t ldx, int64_t m, int64_t k, const void* w, int64_t n, float* y,
                        int64_t ldy, bool accumulate, __nv_bfloat16* act, cudaStream_t stream) {
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
